@@ -1,0 +1,460 @@
+r"""Normalization layers as pure functions: the readable reference every faster path is tested against.
+
+Every normalization in this file is the same three steps, differing only in *which* axes the statistics are
+taken over and which axes carry the affine parameters:
+
+.. math::
+
+    \mu = \frac{1}{n}\sum x, \qquad \sigma^2 = \frac{1}{n}\sum (x - \mu)^2, \qquad
+    \hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}, \qquad y = \gamma \hat x + \beta
+
+========================  =====================================  ===========================
+op                        statistics over (for x of shape          gamma / beta shape
+                          (N, C, *spatial))
+========================  =====================================  ===========================
+batch norm                N and every spatial axis, per channel   (C,)
+layer norm                the trailing ``normalized_shape`` axes  ``normalized_shape``
+group norm                C/G channels and spatial axes,          (C,)
+                          per sample and group
+instance norm             spatial axes, per sample and channel    (C,)
+RMS norm                  trailing axes; no mean is subtracted    ``normalized_shape``
+========================  =====================================  ===========================
+
+Each op is a pair ``y, cache = <op>_forward(x, ...)`` and ``grads = <op>_backward(dy, cache)``, where
+``grads`` is ``NormGrads(dx, dweight, dbias)``.
+
+Backward uses the closed form.  With :math:`g = \partial L/\partial \hat x = \gamma\, \partial L / \partial y`
+and means :math:`\langle\cdot\rangle` over the same n values the statistics were taken over:
+
+.. math::
+
+    \frac{\partial L}{\partial x} = \frac{1}{\sqrt{\sigma^2+\epsilon}}
+        \Big(g - \langle g\rangle - \hat x\,\langle g\,\hat x\rangle\Big)
+
+The :math:`\langle g\rangle` term comes from the mean depending on x, the :math:`\hat x\langle g\hat x\rangle`
+term from the variance depending on x.  RMS norm has no mean, so no :math:`\langle g\rangle` term.  When the
+statistics are constants (batch norm in eval mode, using running statistics) both terms vanish and
+:math:`\partial L/\partial x = g / \sqrt{\sigma^2+\epsilon}`.
+
+Numerics.  Statistics are computed by a *shifted two-pass* algorithm: the first value along the reduced axes is
+subtracted before anything is summed, the mean of the shifted values is taken, and the variance is the mean of
+squared deviations from it.  Sums are accumulated in float64.  This never forms ``E[x^2] - E[x]^2``, so an
+input with mean 1e4 and standard deviation 1 in float32 keeps its precision, and a constant input gives a
+variance of exactly zero.  When ``var + eps == 0`` (constant input, ``eps=0``) the normalized value is defined
+as 0, so the output is ``beta``, never NaN.  Elementwise arithmetic runs in float32 for float16/float32 inputs
+and in float64 for float64 inputs; the output has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from normlab.backend import check_float_array, compute_dtype
+
+Shape = tuple[int, ...]
+
+
+class NormGrads(NamedTuple):
+    """Gradients returned by every normalization backward; ``None`` for a parameter the op did not use."""
+
+    dx: np.ndarray
+    dweight: np.ndarray | None
+    dbias: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class NormCache:
+    """What a normalization forward keeps for its backward.
+
+    The statistics are kept in the *statistics view*: the input reshaped to ``stat_shape`` (only group norm
+    needs a shape different from the input's) and reduced over ``stat_axes`` with ``keepdims=True``.
+    """
+
+    xhat: np.ndarray  # normalized input, statistics view, compute dtype: dx and dweight need it
+    rstd: np.ndarray  # 1 / sqrt(var + eps), keepdims: dx needs it
+    mean: np.ndarray  # the mean used (batch or running), keepdims; zeros for RMS norm
+    var: np.ndarray  # the (biased) variance used, or mean square for RMS norm; running stats need it
+    count: int  # how many values each statistic was taken over
+    stat_shape: Shape
+    stat_axes: Shape
+    input_shape: Shape
+    input_dtype: np.dtype
+    weight: np.ndarray | None  # gamma in compute dtype, shaped to broadcast against the input: dx needs it
+    affine_shape: Shape  # how gamma and beta broadcast against the input
+    param_shape: Shape | None  # the shape gamma and beta have as parameters
+    has_bias: bool
+    center: bool  # False for RMS norm (no mean subtracted)
+    input_stats: bool  # True if the statistics were computed from this input (so dx has the extra terms)
+
+
+# --------------------------------------------------------------------------------------- statistics core
+def _accumulate_mean(a: np.ndarray, axes: Shape) -> np.ndarray:
+    """Mean over ``axes`` (keepdims), summed in float64 and returned in ``a``'s dtype."""
+    return np.mean(a, axis=axes, keepdims=True, dtype=np.float64).astype(a.dtype, copy=False)
+
+
+def _first_along(x: np.ndarray, axes: Shape) -> np.ndarray:
+    """The element at index 0 along each of ``axes`` (keepdims): the shift for the two-pass algorithm."""
+    index = tuple(slice(0, 1) if ax in axes else slice(None) for ax in range(x.ndim))
+    return x[index]
+
+
+def centered_moments(
+    x: np.ndarray, axes: Shape, center: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Statistics over ``axes`` (keepdims) in ``x``'s compute dtype, and the centered input.
+
+    Returns ``(mean, var, xc)`` with ``xc = x - mean`` and ``var = mean(xc**2)`` (biased).  With
+    ``center=False`` (RMS norm) the mean is zero, ``var`` is the mean square and ``xc`` is ``x`` itself.
+    """
+    ct = compute_dtype(x.dtype)
+    xc = x.astype(ct, copy=True)
+    if center:
+        shift = _first_along(xc, axes).copy()
+        xc -= shift  # exact for values within a factor of two of the shift; keeps large means harmless
+        shifted_mean = _accumulate_mean(xc, axes)
+        xc -= shifted_mean
+        mean = shift + shifted_mean
+    else:
+        mean = np.zeros([1 if ax in axes else n for ax, n in enumerate(x.shape)], dtype=ct)
+    var = _accumulate_mean(np.square(xc), axes)
+    return mean, var, xc
+
+
+def moments(x: np.ndarray, axes: int | Shape, keepdims: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and biased variance of ``x`` over ``axes``, numerically stable (shifted two-pass, float64 sums)."""
+    x = check_float_array(x, "moments")
+    axes = _normalize_axes(axes, x.ndim)
+    mean, var, _ = centered_moments(x, axes)
+    if not keepdims:
+        mean, var = mean.squeeze(axes), var.squeeze(axes)
+    return mean, var
+
+
+def inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
+    """``1 / sqrt(var + eps)``, defined as 0 where ``var + eps == 0`` so that a constant input maps to 0."""
+    denom = var + np.asarray(eps, dtype=var.dtype)
+    positive = denom > 0
+    out = np.zeros_like(denom)
+    np.sqrt(denom, out=out, where=positive)
+    np.divide(1.0, out, out=out, where=positive)
+    return out
+
+
+def _normalize_axes(axes: int | Shape, ndim: int) -> Shape:
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _sum_to_shape(a: np.ndarray, broadcast_shape: Shape, param_shape: Shape) -> np.ndarray:
+    """Undo broadcasting: sum ``a`` over the axes where ``broadcast_shape`` (right-aligned) is 1."""
+    aligned = (1,) * (a.ndim - len(broadcast_shape)) + tuple(broadcast_shape)
+    axes = tuple(i for i, n in enumerate(aligned) if n == 1)
+    return a.sum(axis=axes, dtype=np.float64).reshape(param_shape).astype(a.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------- shared forward
+def _normalize_forward(
+    x: np.ndarray,
+    *,
+    stat_shape: Shape,
+    stat_axes: Shape,
+    eps: float,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    affine_shape: Shape,
+    center: bool = True,
+    given_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, NormCache]:
+    """Normalize ``x`` over ``stat_axes`` of its ``stat_shape`` view, then scale and shift.
+
+    ``affine_shape`` is the shape gamma and beta are reshaped to so that they broadcast against ``x``.
+    ``given_stats=(mean, var)`` (broadcastable to the statistics view) uses those instead of the input's.
+    """
+    ct = compute_dtype(x.dtype)
+    count = math.prod(stat_shape[a] for a in stat_axes)
+    xv = x.reshape(stat_shape)
+    if given_stats is None:
+        if count == 0:  # empty input: nothing to normalize, no statistics to report
+            mean = var = np.full([1 if a in stat_axes else n for a, n in enumerate(stat_shape)], np.nan, ct)
+            xc = xv.astype(ct)
+        else:
+            mean, var, xc = centered_moments(xv, stat_axes, center)
+    else:
+        mean, var = (np.asarray(s, dtype=ct) for s in given_stats)
+        xc = xv.astype(ct) - mean if center else xv.astype(ct)
+    rstd = inverse_std(var, eps)
+    xhat = xc * rstd
+
+    y = xhat.reshape(x.shape)
+    w = None if weight is None else np.asarray(weight, dtype=ct).reshape(affine_shape)
+    if w is not None:
+        y = y * w
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=ct).reshape(affine_shape)
+    param = weight if weight is not None else bias
+    cache = NormCache(
+        xhat=xhat,
+        rstd=rstd,
+        mean=mean,
+        var=var,
+        count=count,
+        stat_shape=tuple(stat_shape),
+        stat_axes=stat_axes,
+        input_shape=x.shape,
+        input_dtype=x.dtype,
+        weight=w,
+        affine_shape=tuple(affine_shape),
+        param_shape=None if param is None else np.shape(param),
+        has_bias=bias is not None,
+        center=center,
+        input_stats=given_stats is None,
+    )
+    return y.astype(x.dtype, copy=False), cache
+
+
+def _normalize_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+    """Closed-form gradients of :func:`_normalize_forward` (see the module docstring for the formula)."""
+    dy = check_float_array(dy, "normalization backward", "gradient")
+    if dy.shape != cache.input_shape:
+        raise ValueError(
+            f"normalization backward: expected a gradient of shape {cache.input_shape}, got {dy.shape}"
+        )
+    ct = cache.xhat.dtype
+    g = dy.astype(ct, copy=False)
+    xhat = cache.xhat.reshape(cache.input_shape)
+    dweight = dbias = None
+    if cache.weight is not None:
+        dweight = _sum_to_shape(g * xhat, cache.affine_shape, cache.param_shape)
+    if cache.has_bias:
+        dbias = _sum_to_shape(g, cache.affine_shape, cache.param_shape)
+
+    dxhat = (g * cache.weight if cache.weight is not None else g).reshape(cache.stat_shape)
+    xhat_v = cache.xhat
+    if cache.input_stats and cache.count > 0:
+        axes = cache.stat_axes
+        dx = dxhat - xhat_v * _accumulate_mean(dxhat * xhat_v, axes)  # variance term
+        if cache.center:
+            dx -= _accumulate_mean(dxhat, axes)  # mean term
+        dx *= cache.rstd
+    else:
+        dx = dxhat * cache.rstd
+    return NormGrads(dx.reshape(cache.input_shape).astype(cache.input_dtype, copy=False), dweight, dbias)
+
+
+def _channel_shape(x: np.ndarray) -> Shape:
+    """(1, C, 1, ..., 1): how a per-channel parameter broadcasts against channels-first ``x``."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+# --------------------------------------------------------------------------------------- batch norm
+def batch_norm_forward(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    *,
+    training: bool = True,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, NormCache]:
+    """Batch norm of channels-first ``x`` of shape (N, C, *spatial), statistics per channel.
+
+    ``training=True`` normalizes with the batch's own mean and biased variance over (N, *spatial); the
+    cache's ``mean``/``var`` hold them (shape (1, C, 1...)) for the caller to update running statistics.
+    ``training=False`` uses ``running_mean``/``running_var`` (shape (C,)), which must then be given.
+    Returns ``y`` (same shape and dtype as ``x``) and the cache for :func:`batch_norm_backward`.
+    """
+    x = check_float_array(x, "batch_norm")
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: expected input of shape (N, C, *), got shape {x.shape}")
+    cshape = _channel_shape(x)
+    given = None
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: training=False needs running_mean and running_var")
+        given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
+    return _normalize_forward(
+        x,
+        stat_shape=x.shape,
+        stat_axes=(0, *range(2, x.ndim)),
+        eps=eps,
+        weight=weight,
+        bias=bias,
+        affine_shape=cshape,
+        given_stats=given,
+    )
+
+
+def batch_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+    """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,)."""
+    return _normalize_backward(dy, cache)
+
+
+def update_running_stats(
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    batch_mean: np.ndarray,
+    batch_var: np.ndarray,
+    factor: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential moving average of batch statistics, PyTorch's form: ``r <- (1 - f) r + f b``.
+
+    ``factor`` is the momentum, or ``1 / num_batches_tracked`` for a cumulative average.  ``batch_var`` is
+    stored as given: pass it through :func:`unbiased_variance` first for PyTorch's convention.  Returns new
+    arrays in the running statistics' dtype.
+    """
+    ct = np.result_type(running_mean.dtype, np.float32)
+    new_mean = (1 - factor) * running_mean.astype(ct) + factor * np.asarray(batch_mean, ct)
+    new_var = (1 - factor) * running_var.astype(ct) + factor * np.asarray(batch_var, ct)
+    return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+
+
+def unbiased_variance(biased_var: np.ndarray, count: int) -> np.ndarray:
+    """Bessel's correction: the biased variance of ``count`` values times ``count / (count - 1)``."""
+    if count < 2:
+        raise ValueError(f"an unbiased variance needs at least 2 values per statistic, got {count}")
+    return biased_var * (count / (count - 1))
+
+
+# --------------------------------------------------------------------------------------- layer norm
+def layer_norm_forward(
+    x: np.ndarray,
+    normalized_shape: Shape,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, NormCache]:
+    """Layer norm over the trailing ``normalized_shape`` axes of ``x``; gamma/beta have that shape."""
+    x = check_float_array(x, "layer_norm")
+    k = len(normalized_shape)
+    if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
+        raise ValueError(
+            f"layer_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}"
+        )
+    return _normalize_forward(
+        x,
+        stat_shape=x.shape,
+        stat_axes=tuple(range(x.ndim - k, x.ndim)),
+        eps=eps,
+        weight=weight,
+        bias=bias,
+        affine_shape=tuple(normalized_shape),
+    )
+
+
+def layer_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+    """Gradients of :func:`layer_norm_forward`; parameter gradients have ``normalized_shape``."""
+    return _normalize_backward(dy, cache)
+
+
+# --------------------------------------------------------------------------------------- RMS norm
+def rms_norm_forward(
+    x: np.ndarray,
+    normalized_shape: Shape,
+    weight: np.ndarray | None = None,
+    eps: float | None = None,
+) -> tuple[np.ndarray, NormCache]:
+    """RMS norm: ``x / sqrt(mean(x**2) + eps) * gamma`` over the trailing ``normalized_shape`` axes.
+
+    ``eps=None`` uses the machine epsilon of ``x``'s dtype, as PyTorch does.
+    """
+    x = check_float_array(x, "rms_norm")
+    k = len(normalized_shape)
+    if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
+        raise ValueError(f"rms_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}")
+    return _normalize_forward(
+        x,
+        stat_shape=x.shape,
+        stat_axes=tuple(range(x.ndim - k, x.ndim)),
+        eps=float(np.finfo(x.dtype).eps) if eps is None else eps,
+        weight=weight,
+        bias=None,
+        affine_shape=tuple(normalized_shape),
+        center=False,
+    )
+
+
+def rms_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+    """Gradients of :func:`rms_norm_forward` (``dbias`` is ``None``)."""
+    return _normalize_backward(dy, cache)
+
+
+# --------------------------------------------------------------------------------------- group norm
+def group_norm_forward(
+    x: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, NormCache]:
+    """Group norm of (N, C, *spatial) ``x``: statistics per sample over each group of C/G channels and all
+    spatial positions; gamma/beta per channel, shape (C,)."""
+    x = check_float_array(x, "group_norm")
+    if x.ndim < 2 or x.shape[1] % num_groups != 0:
+        raise ValueError(
+            f"group_norm: expected input (N, C, *) with C divisible by num_groups={num_groups}, "
+            f"got shape {x.shape}"
+        )
+    n, c = x.shape[:2]
+    group_size = (c // num_groups) * math.prod(x.shape[2:])
+    return _normalize_forward(
+        x,
+        stat_shape=(n, num_groups, group_size),
+        stat_axes=(2,),
+        eps=eps,
+        weight=weight,
+        bias=bias,
+        affine_shape=_channel_shape(x),
+    )
+
+
+def group_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+    """Gradients of :func:`group_norm_forward`."""
+    return _normalize_backward(dy, cache)
+
+
+# --------------------------------------------------------------------------------------- instance norm
+def instance_norm_forward(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    *,
+    use_input_stats: bool = True,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, NormCache]:
+    """Instance norm of (N, C, *spatial) ``x``: statistics per sample and channel over the spatial axes.
+
+    With ``use_input_stats=False`` the running statistics (shape (C,)) are used instead, as batch norm
+    does in eval mode.  The cache's ``mean``/``var`` have shape (N, C, 1, ...).
+    """
+    x = check_float_array(x, "instance_norm")
+    if x.ndim < 3:
+        raise ValueError(f"instance_norm: expected input of shape (N, C, *spatial), got shape {x.shape}")
+    cshape = _channel_shape(x)
+    given = None
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
+        given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
+    return _normalize_forward(
+        x,
+        stat_shape=x.shape,
+        stat_axes=tuple(range(2, x.ndim)),
+        eps=eps,
+        weight=weight,
+        bias=bias,
+        affine_shape=cshape,
+        given_stats=given,
+    )
+
+
+def instance_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+    """Gradients of :func:`instance_norm_forward`."""
+    return _normalize_backward(dy, cache)

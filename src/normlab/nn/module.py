@@ -1,0 +1,367 @@
+"""``Module`` and ``Parameter``: the state holders every layer is built on.
+
+A layer keeps two kinds of arrays:
+
+* **parameters** (:class:`Parameter`) are learned: they carry a ``.grad`` that ``backward`` fills and that
+  optimizers read;
+* **buffers** are state that is not learned, such as batch norm's running statistics: they are saved in
+  ``state_dict()`` but no optimizer ever sees them.
+
+There is no autograd graph.  ``forward`` keeps what its ``backward`` needs; ``backward(dy)`` returns the
+gradient with respect to the input and *accumulates* parameter gradients into ``param.grad``, as PyTorch does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from normlab.backend import FLOAT_DTYPES
+
+
+class Parameter:
+    """A learned array (``.data``) with the gradient of the loss with respect to it (``.grad``).
+
+    ``requires_grad=False`` freezes it: ``backward`` then leaves ``.grad`` untouched and optimizers skip it.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data: np.ndarray, requires_grad: bool = True) -> None:
+        data = np.asarray(data)
+        if data.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"Parameter: expected a floating-point array, got dtype {data.dtype}")
+        self.data: np.ndarray = data
+        self.grad: np.ndarray | None = None
+        self.requires_grad = requires_grad
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def accumulate_grad(self, grad: np.ndarray) -> None:
+        """Add ``grad`` to ``.grad`` (allocating it on first use); no-op when ``requires_grad`` is off."""
+        if not self.requires_grad:
+            return
+        if grad.shape != self.data.shape:
+            raise ValueError(
+                f"gradient of shape {grad.shape} does not match parameter of shape {self.data.shape}"
+            )
+        if self.grad is None:
+            self.grad = grad.astype(self.data.dtype, copy=True)
+        else:
+            self.grad += grad
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class StateDictError(ValueError):
+    """A state dict that cannot be loaded; the module was left unchanged."""
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """An ndarray from a NumPy array, a scalar, or a (CPU) PyTorch tensor, without importing torch."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Subclasses assign :class:`Parameter` and :class:`Module` attributes in ``__init__`` (they are registered
+    automatically), register buffers with :meth:`register_buffer`, and implement ``forward`` and ``backward``.
+    """
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ----------------------------------------------------------------------------------- registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        if isinstance(value, Parameter):
+            self._forget(name)
+            params[name] = value
+        elif isinstance(value, Module):
+            self._forget(name)
+            self._modules[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to parameter '{name}'")
+            params[name] = None
+        elif name in self._buffers:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"buffer '{name}' must be a numpy array or None")
+            self._buffers[name] = value
+        elif name in self._modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to submodule '{name}'")
+            self._modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def _forget(self, name: str) -> None:
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        self._non_persistent.discard(name)
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        # only called when normal lookup fails
+        for table in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(table)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._parameters or name in self._buffers or name in self._modules:
+            self._forget(name)
+        else:
+            object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value: np.ndarray | None, persistent: bool = True) -> None:
+        """Register state that is saved in ``state_dict`` (unless ``persistent=False``) but never learned."""
+        if value is not None and not isinstance(value, np.ndarray):
+            raise TypeError(f"buffer '{name}' must be a numpy array or None")
+        self._forget(name)
+        self._buffers[name] = value
+        if not persistent:
+            self._non_persistent.add(name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        self._forget(name)
+        self._parameters[name] = param
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        self._forget(name)
+        self._modules[name] = module
+
+    # ----------------------------------------------------------------------------------- computation
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------------- traversal
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, m in self.named_children():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+        modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        seen: set[int] = set()
+        for mod_prefix, m in modules:
+            for name, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for mod_prefix, m in modules:
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+
+    def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def apply(self, fn: Callable[[Module], None]) -> Module:
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    # ----------------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode on this module and every descendant; returns ``self``."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"train(mode): mode must be a bool, got {type(mode).__name__}")
+        self.training = mode
+        for m in self.children():
+            m.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Evaluation mode (``train(False)``): batch norm uses its running statistics, dropout is off."""
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear parameter gradients (``None`` by default, as in PyTorch; zeros if ``set_to_none=False``)."""
+        for p in self.parameters():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad[...] = 0
+
+    def to(self, dtype: Any) -> Module:
+        """Cast every parameter and floating-point buffer to ``dtype`` (in place); returns ``self``."""
+        dt = np.dtype(dtype)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"Module.to: expected a floating-point dtype, got {dt}")
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = p.data.astype(dt)
+                    p.grad = None if p.grad is None else p.grad.astype(dt)
+            for name, b in m._buffers.items():
+                if b is not None and b.dtype in FLOAT_DTYPES:
+                    m._buffers[name] = b.astype(dt)
+        return self
+
+    def float(self) -> Module:
+        return self.to(np.float32)
+
+    def double(self) -> Module:
+        return self.to(np.float64)
+
+    # ----------------------------------------------------------------------------------- state
+    def _state_items(self, prefix: str) -> Iterator[tuple[str, np.ndarray]]:
+        """This module's own saved arrays (not its children's), keys prefixed."""
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, p.data
+        for name, b in self._buffers.items():
+            if b is not None and name not in self._non_persistent:
+                yield prefix + name, b
+
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Copies of every parameter and persistent buffer, keyed as PyTorch keys them (``0.weight``...)."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for mod_prefix, m in self.named_modules():
+            for key, arr in m._state_items(f"{mod_prefix}." if mod_prefix else ""):
+                out[key] = arr.copy()
+        return out
+
+    def _upgrade_state_dict(self, state: dict[str, Any], prefix: str) -> None:
+        """Hook: fill in keys that older saved states lack (overridden by batch norm)."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays from ``state_dict`` into this module's parameters and buffers.
+
+        All-or-nothing: every key, shape and dtype is checked first, and on any error a
+        :class:`StateDictError` is raised with the module left exactly as it was.  With ``strict=True``
+        missing or unexpected keys are errors; with ``strict=False`` they are returned.  Values are cast to
+        the dtype of the array they replace; shapes must match exactly.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: expected a mapping, got {type(state_dict).__name__}")
+        given: dict[str, Any] = dict(state_dict)
+        targets: dict[str, tuple[Module, str, np.ndarray]] = {}
+        for mod_prefix, m in self.named_modules():
+            p = f"{mod_prefix}." if mod_prefix else ""
+            m._upgrade_state_dict(given, p)
+            for key, arr in m._state_items(p):
+                targets[key] = (m, key[len(p) :], arr)
+
+        missing = [k for k in targets if k not in given]
+        unexpected = [k for k in given if k not in targets]
+        errors: list[str] = []
+        if strict and missing:
+            errors.append(f"missing keys: {', '.join(missing)}")
+        if strict and unexpected:
+            errors.append(f"unexpected keys: {', '.join(unexpected)}")
+
+        staged: list[tuple[Module, str, np.ndarray]] = []
+        for key, (m, name, current) in targets.items():
+            if key not in given:
+                continue
+            try:
+                value = to_numpy(given[key])
+            except Exception as exc:  # e.g. an object that is not array-like
+                errors.append(f"'{key}': cannot convert {type(given[key]).__name__} to an array ({exc})")
+                continue
+            if value.shape != current.shape:
+                errors.append(
+                    f"'{key}': expected shape {current.shape}, got {value.shape}"
+                )
+                continue
+            if current.dtype.kind == "f" and value.dtype.kind not in "fiu":
+                errors.append(f"'{key}': expected a floating-point array, got dtype {value.dtype}")
+                continue
+            if current.dtype.kind in "iu" and value.dtype.kind not in "iu":
+                errors.append(f"'{key}': expected an integer array, got dtype {value.dtype}")
+                continue
+            staged.append((m, name, value.astype(current.dtype, copy=True)))
+
+        if errors:
+            raise StateDictError(
+                f"error(s) loading state dict into {type(self).__name__} (nothing was changed): "
+                + "; ".join(errors)
+            )
+        for m, name, value in staged:
+            param = m._parameters.get(name)
+            if param is not None:
+                param.data = value
+            else:
+                m._buffers[name] = value
+        return IncompatibleKeys(missing, unexpected)
+
+    # ----------------------------------------------------------------------------------- display
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"

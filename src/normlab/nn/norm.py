@@ -1,0 +1,602 @@
+"""Normalization layers: thin holders of parameters, running statistics and mode around ``functional.norm``.
+
+Names, arguments, defaults and state-dict keys are PyTorch's, so weights move between the two as a plain dict
+of arrays.  Conventions (see ``CONVENTIONS.md``):
+
+* running statistics follow ``r <- (1 - momentum) * r + momentum * batch`` with ``momentum=0.1``;
+  ``momentum=None`` gives the cumulative average over ``num_batches_tracked`` batches.  A Keras momentum
+  ``k`` is ``1 - k`` here (:func:`momentum_from_keras`);
+* ``running_var`` stores the unbiased batch variance by default (PyTorch); ``running_var="biased"`` stores the
+  biased one (Keras, Flax, the seed's NumPy layer).  Normalizing in training always uses the biased variance;
+* ``eps`` may be 0: a channel with zero variance then outputs ``bias``, never NaN.
+
+Choices that differ from PyTorch, on purpose:
+
+* An **empty batch** returns an empty output and changes no buffer (PyTorch still counts it in
+  ``num_batches_tracked``).
+* **Non-finite batch statistics** (NaN or inf in the input) propagate to the output, but the running
+  statistics are *not* updated from that batch and a ``RuntimeWarning`` names the layer and the channels:
+  one bad batch would otherwise poison every later evaluation, silently.
+* **Degenerate normalizations raise**: training batch norm with one value per channel (PyTorch raises too),
+  instance norm with one spatial value, group norm with one value per group, layer norm over a single value.
+  Each would output ``bias`` whatever the input, which is always a bug in the model.
+* **Instance norm** with ``track_running_stats=True`` counts its training batches in ``num_batches_tracked``
+  and honours ``momentum=None`` as a cumulative average; PyTorch leaves the counter at 0 and never updates
+  the running statistics when ``momentum=None``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from normlab import functional as F
+from normlab.backend import as_param_dtype, check_float_array, is_grad_enabled
+from normlab.functional.norm import NormCache, NormGrads
+from normlab.nn.module import Module, Parameter
+
+RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
+
+
+def momentum_from_keras(keras_momentum: float) -> float:
+    """Convert a Keras/Flax momentum (weight of the *old* value, e.g. 0.99) to normlab/PyTorch's (0.01)."""
+    if not 0.0 <= keras_momentum <= 1.0:
+        raise ValueError(f"momentum_from_keras: expected a value in [0, 1], got {keras_momentum}")
+    return 1.0 - keras_momentum
+
+
+def momentum_to_keras(momentum: float) -> float:
+    """Convert a normlab/PyTorch momentum (weight of the *new* batch, e.g. 0.1) to Keras's (0.9)."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum_to_keras: expected a value in [0, 1], got {momentum}")
+    return 1.0 - momentum
+
+
+def _check_eps(eps: Any, where: str) -> float:
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_positive_int(value: Any, name: str, where: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if not shape or any(not isinstance(n, numbers.Integral) or n < 1 for n in shape):
+        raise ValueError(f"{where}: normalized_shape must be positive integers, got {shape!r}")
+    return tuple(int(n) for n in shape)
+
+
+class _Normalization(Module):
+    """What every normalization layer shares: the cache between forward and backward, and backward itself."""
+
+    _backward_fn: Callable[[np.ndarray, NormCache], NormGrads]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: NormCache | None = None
+
+    def _label(self) -> str:
+        return type(self).__name__
+
+    def _check_float(self, x: Any) -> np.ndarray:
+        return check_float_array(x, self._label())
+
+    def _keep(self, cache: NormCache) -> None:
+        self._cache = cache if is_grad_enabled() else None
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Return dL/dx for the last forward and accumulate dL/dweight, dL/dbias into ``.grad``."""
+        if self._cache is None:
+            raise RuntimeError(
+                f"{self._label()}: backward needs a forward pass first (each forward allows one backward; "
+                "forward under no_grad() keeps nothing)"
+            )
+        dy = check_float_array(grad_output, self._label(), "gradient")
+        if dy.shape != self._cache.input_shape:
+            raise ValueError(
+                f"{self._label()}: expected a gradient of shape {self._cache.input_shape} "
+                f"(the output's), got {dy.shape}"
+            )
+        grads = type(self)._backward_fn(dy, self._cache)
+        self._cache = None
+        weight: Parameter | None = self._parameters.get("weight")
+        bias: Parameter | None = self._parameters.get("bias")
+        if weight is not None and grads.dweight is not None:
+            weight.accumulate_grad(grads.dweight)
+        if bias is not None and grads.dbias is not None:
+            bias.accumulate_grad(grads.dbias)
+        return grads.dx
+
+
+class _NormBase(_Normalization):
+    """Per-channel normalization with optional affine parameters and running statistics (BN, IN)."""
+
+    _expected: str  # description of accepted input ranks, for error messages
+    _ranks: tuple[int, ...]  # accepted input ranks
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        running_var: str = "unbiased",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = _check_positive_int(num_features, "num_features", name)
+        self.eps = _check_eps(eps, name)
+        if momentum is not None and (
+            not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum <= 1
+        ):
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
+        if running_var not in RUNNING_VAR_ESTIMATORS:
+            raise ValueError(f"{name}: running_var must be 'unbiased' or 'biased', got {running_var!r}")
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.running_var_estimator = running_var
+        self.frozen = False  # set by freeze_batch_norm: eval-mode statistics whatever train() says
+        dt = as_param_dtype(dtype)
+        if self.affine:
+            self.weight = Parameter(np.ones(num_features, dtype=dt))
+            self.bias = Parameter(np.zeros(num_features, dtype=dt))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype=dt))
+            self.register_buffer("running_var", np.ones(num_features, dtype=dt))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    # ------------------------------------------------------------------------------- state
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batches counted."""
+        if self.track_running_stats:
+            self.running_mean = np.zeros_like(self.running_mean)
+            self.running_var = np.ones_like(self.running_var)
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+
+    def reset_parameters(self) -> None:
+        """Running statistics reset, weight 1, bias 0 (the identity transform)."""
+        self.reset_running_stats()
+        if self.affine:
+            self.weight.data = np.ones_like(self.weight.data)
+            self.bias.data = np.zeros_like(self.bias.data)
+
+    def _upgrade_state_dict(self, state: dict[str, Any], prefix: str) -> None:
+        # state dicts saved before num_batches_tracked existed (PyTorch < 0.4.1) load with a count of 0
+        key = prefix + "num_batches_tracked"
+        if self.track_running_stats and prefix + "running_mean" in state and key not in state:
+            state[key] = np.array(0, dtype=np.int64)
+
+    def train(self, mode: bool = True) -> Module:
+        super().train(mode)
+        if self.frozen:
+            self.training = False
+        return self
+
+    # ------------------------------------------------------------------------------- forward
+    def _label(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        x = self._check_float(x)
+        if x.ndim not in self._ranks:
+            raise ValueError(
+                f"{self._label()}: expected {self._expected}, got {x.ndim}-D input of shape {x.shape}"
+            )
+        return x
+
+    def _check_channels(self, x: np.ndarray) -> None:
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{self._label()}: expected {self.num_features} channels at dim 1, got {x.shape[1]} "
+                f"(input shape {x.shape})"
+            )
+
+    def _momentum_factor(self) -> float:
+        if self.momentum is None:  # cumulative moving average
+            return 1.0 / float(self.num_batches_tracked)
+        return float(self.momentum)
+
+    def _store_variance(self, biased_var: np.ndarray, count: int) -> np.ndarray:
+        """The variance to average into ``running_var``, in the configured estimator."""
+        if self.running_var_estimator == "unbiased":
+            return F.unbiased_variance(biased_var, count)
+        return biased_var
+
+    def _update_running_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray) -> None:
+        bad = ~(np.isfinite(batch_mean) & np.isfinite(batch_var))
+        if bad.any():
+            channels = np.flatnonzero(bad).tolist()
+            warnings.warn(
+                f"{self._label()}: batch statistics are not finite in channel(s) {channels[:10]}"
+                f"{' ...' if len(channels) > 10 else ''}; running statistics were not updated from this batch",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        self.num_batches_tracked = np.array(self.num_batches_tracked + 1, dtype=np.int64)
+        self.running_mean, self.running_var = F.update_running_stats(
+            self.running_mean, self.running_var, batch_mean, batch_var, self._momentum_factor()
+        )
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+        if self.running_var_estimator != "unbiased":
+            s += f", running_var='{self.running_var_estimator}'"
+        return s
+
+
+class _BatchNorm(_NormBase):
+    r"""Batch normalization (Ioffe & Szegedy, 2015) over channels-first input, statistics per channel.
+
+    In training, each channel c is normalized with the mean and biased variance of its values over the batch
+    and every spatial position, then scaled and shifted::
+
+        y = (x - mean_c) / sqrt(var_c + eps) * weight[c] + bias[c]
+
+    and the running statistics are updated (see the module docstring).  In eval mode the running statistics
+    replace the batch's, so the output of one sample no longer depends on the rest of the batch.  With
+    ``track_running_stats=False`` there are no running statistics and batch statistics are used in both modes.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance; >= 0.
+        momentum: weight of the new batch in the running average, in [0, 1]; ``None`` for a cumulative average.
+        affine: learn ``weight`` (init 1) and ``bias`` (init 0).
+        track_running_stats: keep ``running_mean`` (init 0), ``running_var`` (init 1), ``num_batches_tracked``.
+        running_var: ``"unbiased"`` (PyTorch) or ``"biased"`` (Keras, Flax) variance in ``running_var``.
+        dtype: dtype of parameters and running statistics (float32 by default).
+    """
+
+    _backward_fn = staticmethod(F.batch_norm_backward)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(x)
+        self._check_channels(x)
+        use_batch_stats = self.training or not self.track_running_stats
+        if x.size == 0:  # empty batch: empty output, no statistics, no buffer touched
+            y, cache = F.batch_norm_forward(x, self._w(), self._b(), training=True, eps=self.eps)
+            self._keep(cache)
+            return y
+        count = x.size // self.num_features
+        if use_batch_stats and count < 2:
+            raise ValueError(
+                f"{self._label()}: expected more than 1 value per channel when using batch statistics "
+                f"(training), got input of shape {x.shape}"
+            )
+        y, cache = F.batch_norm_forward(
+            x,
+            self._w(),
+            self._b(),
+            self.running_mean,
+            self.running_var,
+            training=use_batch_stats,
+            eps=self.eps,
+        )
+        if self.training and self.track_running_stats:
+            var = self._store_variance(cache.var.reshape(-1), count)
+            self._update_running_stats(cache.mean.reshape(-1), var)
+        self._keep(cache)
+        return y
+
+    def _w(self) -> np.ndarray | None:
+        return None if self.weight is None else self.weight.data
+
+    def _b(self) -> np.ndarray | None:
+        return None if self.bias is None else self.bias.data
+
+
+class BatchNorm1d(_BatchNorm):
+    __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input: (N, C) or (N, C, L).\n"
+    _ranks = (2, 3)
+    _expected = "2-D input (N, C) or 3-D input (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input: (N, C, H, W).\n"
+    _ranks = (4,)
+    _expected = "4-D input (N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input: (N, C, D, H, W).\n"
+    _ranks = (5,)
+    _expected = "5-D input (N, C, D, H, W)"
+
+
+class _InstanceNorm(_NormBase):
+    """Instance normalization (Ulyanov et al., 2016): statistics per sample and channel over spatial axes.
+
+    Defaults as PyTorch: ``affine=False``, ``track_running_stats=False``.  With running statistics tracked,
+    eval mode uses them; in training their update averages the per-instance statistics over the batch.
+    Unbatched input (without N) is accepted.
+    """
+
+    _backward_fn = staticmethod(F.instance_norm_backward)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        *,
+        running_var: str = "unbiased",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            running_var=running_var,
+            dtype=dtype,
+        )
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(x)
+        unbatched = x.ndim == self._ranks[0]
+        xb = x[None] if unbatched else x
+        self._check_channels(xb)
+        use_input_stats = self.training or not self.track_running_stats
+        count = math.prod(xb.shape[2:])
+        if use_input_stats and count < 2 and xb.size > 0:
+            raise ValueError(
+                f"{self._label()}: expected more than 1 spatial value per instance, got input of shape "
+                f"{x.shape}"
+            )
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        y, cache = F.instance_norm_forward(
+            xb,
+            w,
+            b,
+            self.running_mean,
+            self.running_var,
+            use_input_stats=use_input_stats,
+            eps=self.eps,
+        )
+        if self.training and self.track_running_stats and xb.size > 0:
+            # the running statistics follow the average over the batch of each instance's statistics
+            instance_mean = cache.mean.reshape(xb.shape[:2])
+            instance_var = self._store_variance(cache.var.reshape(xb.shape[:2]), count)
+            self._update_running_stats(instance_mean.mean(axis=0), instance_var.mean(axis=0))
+        self._keep(cache)
+        self._unbatched = unbatched
+        return y[0] if unbatched else y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        if self._cache is not None and getattr(self, "_unbatched", False):
+            dy = check_float_array(grad_output, self._label(), "gradient")
+            return super().backward(dy[None])[0]
+        return super().backward(grad_output)
+
+
+class InstanceNorm1d(_InstanceNorm):
+    __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input: (N, C, L) or unbatched (C, L).\n"
+    _ranks = (2, 3)
+    _expected = "3-D input (N, C, L) or 2-D unbatched input (C, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input: (N, C, H, W) or unbatched (C, H, W).\n"
+    _ranks = (3, 4)
+    _expected = "4-D input (N, C, H, W) or 3-D unbatched input (C, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input: (N, C, D, H, W) or unbatched (C, D, H, W).\n"
+    _ranks = (4, 5)
+    _expected = "5-D input (N, C, D, H, W) or 4-D unbatched input (C, D, H, W)"
+
+
+class LayerNorm(_Normalization):
+    """Layer normalization (Ba et al., 2016) over the trailing ``normalized_shape`` axes of each sample.
+
+    Same in training and eval (no running statistics).  ``weight`` (init 1) and ``bias`` (init 0) have
+    ``normalized_shape``; ``bias=False`` keeps only the weight.
+    """
+
+    _backward_fn = staticmethod(F.layer_norm_backward)
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = _check_shape(normalized_shape, "LayerNorm")
+        if math.prod(self.normalized_shape) < 2:
+            raise ValueError(
+                f"LayerNorm: normalizing over a single value outputs the bias whatever the input; "
+                f"got normalized_shape={self.normalized_shape}"
+            )
+        self.eps = _check_eps(eps, "LayerNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        dt = as_param_dtype(dtype)
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype=dt))
+            if bias:
+                self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dt))
+
+    def _label(self) -> str:
+        return f"LayerNorm({self.normalized_shape})"
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.data = np.ones_like(self.weight.data)
+        if self.bias is not None:
+            self.bias.data = np.zeros_like(self.bias.data)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_float(x)
+        k = len(self.normalized_shape)
+        if x.ndim < k or x.shape[x.ndim - k :] != self.normalized_shape:
+            raise ValueError(
+                f"{self._label()}: expected input whose trailing dimensions are {self.normalized_shape}, "
+                f"got input of shape {x.shape}"
+            )
+        y, cache = F.layer_norm_forward(
+            x,
+            self.normalized_shape,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.eps,
+        )
+        self._keep(cache)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class RMSNorm(_Normalization):
+    """RMS normalization (Zhang & Sennrich, 2019): ``x / sqrt(mean(x**2) + eps) * weight``, no centering.
+
+    ``eps=None`` uses the machine epsilon of the input's dtype (as PyTorch).  ``weight`` (init 1) has
+    ``normalized_shape``; there is no bias.
+    """
+
+    _backward_fn = staticmethod(F.rms_norm_backward)
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        *,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = _check_shape(normalized_shape, "RMSNorm")
+        self.eps = None if eps is None else _check_eps(eps, "RMSNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype=as_param_dtype(dtype)))
+        else:
+            self.register_parameter("weight", None)
+
+    def _label(self) -> str:
+        return f"RMSNorm({self.normalized_shape})"
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.data = np.ones_like(self.weight.data)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_float(x)
+        k = len(self.normalized_shape)
+        if x.ndim < k or x.shape[x.ndim - k :] != self.normalized_shape:
+            raise ValueError(
+                f"{self._label()}: expected input whose trailing dimensions are {self.normalized_shape}, "
+                f"got input of shape {x.shape}"
+            )
+        w = None if self.weight is None else self.weight.data
+        y, cache = F.rms_norm_forward(x, self.normalized_shape, w, self.eps)
+        self._keep(cache)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(_Normalization):
+    """Group normalization (Wu & He, 2018): channels split into ``num_groups`` groups; each sample's group is
+    normalized over its channels and spatial positions.  Independent of the batch size; same in training and
+    eval.  ``weight`` (init 1) and ``bias`` (init 0) are per channel.  Input (N, C, *).
+    """
+
+    _backward_fn = staticmethod(F.group_norm_backward)
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self.num_groups = _check_positive_int(num_groups, "num_groups", "GroupNorm")
+        self.num_channels = _check_positive_int(num_channels, "num_channels", "GroupNorm")
+        if num_channels % num_groups != 0:
+            raise ValueError(
+                f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups ({num_groups})"
+            )
+        self.eps = _check_eps(eps, "GroupNorm")
+        self.affine = bool(affine)
+        dt = as_param_dtype(dtype)
+        if self.affine:
+            self.weight = Parameter(np.ones(num_channels, dtype=dt))
+            self.bias = Parameter(np.zeros(num_channels, dtype=dt))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def _label(self) -> str:
+        return f"GroupNorm({self.num_groups}, {self.num_channels})"
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            self.weight.data = np.ones_like(self.weight.data)
+            self.bias.data = np.zeros_like(self.bias.data)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_float(x)
+        if x.ndim < 2:
+            raise ValueError(f"{self._label()}: expected input (N, C, *), got shape {x.shape}")
+        if x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{self._label()}: expected {self.num_channels} channels at dim 1, got {x.shape[1]} "
+                f"(input shape {x.shape})"
+            )
+        group_size = (self.num_channels // self.num_groups) * math.prod(x.shape[2:])
+        if group_size < 2 and x.size > 0:
+            raise ValueError(
+                f"{self._label()}: each group holds a single value for input of shape {x.shape}; "
+                "the output would be the bias whatever the input"
+            )
+        y, cache = F.group_norm_forward(
+            x,
+            self.num_groups,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.eps,
+        )
+        self._keep(cache)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
