@@ -39,7 +39,9 @@ def _demo(args: argparse.Namespace) -> int:
     console.print(table)
 
     sample = rng.normal(true_mean, true_std, size=(1, 4)).astype(np.float32)
-    batch = np.concatenate([sample, rng.normal(true_mean, true_std, size=(7, 4)).astype(np.float32)])
+    batch = np.concatenate(
+        [sample, rng.normal(true_mean, true_std, size=(7, 4)).astype(np.float32)]
+    )
     bn.eval()
     eval_out = bn(sample)[0]
     bn.train()

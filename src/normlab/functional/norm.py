@@ -77,18 +77,24 @@ class NormCache:
     xhat: np.ndarray  # normalized input, statistics view, compute dtype: dx and dweight need it
     rstd: np.ndarray  # 1 / sqrt(var + eps), keepdims: dx needs it
     mean: np.ndarray  # the mean used (batch or running), keepdims; zeros for RMS norm
-    var: np.ndarray  # the (biased) variance used, or mean square for RMS norm; running stats need it
+    var: (
+        np.ndarray
+    )  # the (biased) variance used, or mean square for RMS norm; running stats need it
     count: int  # how many values each statistic was taken over
     stat_shape: Shape
     stat_axes: Shape
     input_shape: Shape
     input_dtype: np.dtype
-    weight: np.ndarray | None  # gamma in compute dtype, shaped to broadcast against the input: dx needs it
+    weight: (
+        np.ndarray | None
+    )  # gamma in compute dtype, shaped to broadcast against the input: dx needs it
     affine_shape: Shape  # how gamma and beta broadcast against the input
     param_shape: Shape | None  # the shape gamma and beta have as parameters
     has_bias: bool
     center: bool  # False for RMS norm (no mean subtracted)
-    input_stats: bool  # True if the statistics were computed from this input (so dx has the extra terms)
+    input_stats: (
+        bool  # True if the statistics were computed from this input (so dx has the extra terms)
+    )
 
 
 # --------------------------------------------------------------------------------------- statistics core
@@ -125,7 +131,9 @@ def centered_moments(
     return mean, var, xc
 
 
-def moments(x: np.ndarray, axes: int | Shape, keepdims: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def moments(
+    x: np.ndarray, axes: int | Shape, keepdims: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and biased variance of ``x`` over ``axes``, numerically stable (shifted two-pass, float64 sums)."""
     x = check_float_array(x, "moments")
     axes = _normalize_axes(axes, x.ndim)
@@ -180,7 +188,9 @@ def _normalize_forward(
     xv = x.reshape(stat_shape)
     if given_stats is None:
         if count == 0:  # empty input: nothing to normalize, no statistics to report
-            mean = var = np.full([1 if a in stat_axes else n for a, n in enumerate(stat_shape)], np.nan, ct)
+            mean = var = np.full(
+                [1 if a in stat_axes else n for a, n in enumerate(stat_shape)], np.nan, ct
+            )
             xc = xv.astype(ct)
         else:
             mean, var, xc = centered_moments(xv, stat_axes, center)
@@ -243,7 +253,9 @@ def _normalize_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
         dx *= cache.rstd
     else:
         dx = dxhat * cache.rstd
-    return NormGrads(dx.reshape(cache.input_shape).astype(cache.input_dtype, copy=False), dweight, dbias)
+    return NormGrads(
+        dx.reshape(cache.input_shape).astype(cache.input_dtype, copy=False), dweight, dbias
+    )
 
 
 def _channel_shape(x: np.ndarray) -> Shape:
@@ -366,7 +378,9 @@ def rms_norm_forward(
     x = check_float_array(x, "rms_norm")
     k = len(normalized_shape)
     if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
-        raise ValueError(f"rms_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}")
+        raise ValueError(
+            f"rms_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}"
+        )
     return _normalize_forward(
         x,
         stat_shape=x.shape,
@@ -436,12 +450,16 @@ def instance_norm_forward(
     """
     x = check_float_array(x, "instance_norm")
     if x.ndim < 3:
-        raise ValueError(f"instance_norm: expected input of shape (N, C, *spatial), got shape {x.shape}")
+        raise ValueError(
+            f"instance_norm: expected input of shape (N, C, *spatial), got shape {x.shape}"
+        )
     cshape = _channel_shape(x)
     given = None
     if not use_input_stats:
         if running_mean is None or running_var is None:
-            raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
+            raise ValueError(
+                "instance_norm: use_input_stats=False needs running_mean and running_var"
+            )
         given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
     return _normalize_forward(
         x,

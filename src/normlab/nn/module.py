@@ -194,7 +194,9 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
         modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
         seen: set[int] = set()
         for mod_prefix, m in modules:
@@ -208,7 +210,9 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, np.ndarray]]:
         modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
         for mod_prefix, m in modules:
             for name, b in m._buffers.items():
@@ -294,7 +298,9 @@ class Module:
     def _upgrade_state_dict(self, state: dict[str, Any], prefix: str) -> None:
         """Hook: fill in keys that older saved states lack (overridden by batch norm)."""
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> IncompatibleKeys:
         """Copy arrays from ``state_dict`` into this module's parameters and buffers.
 
         All-or-nothing: every key, shape and dtype is checked first, and on any error a
@@ -327,12 +333,12 @@ class Module:
             try:
                 value = to_numpy(given[key])
             except Exception as exc:  # e.g. an object that is not array-like
-                errors.append(f"'{key}': cannot convert {type(given[key]).__name__} to an array ({exc})")
+                errors.append(
+                    f"'{key}': cannot convert {type(given[key]).__name__} to an array ({exc})"
+                )
                 continue
             if value.shape != current.shape:
-                errors.append(
-                    f"'{key}': expected shape {current.shape}, got {value.shape}"
-                )
+                errors.append(f"'{key}': expected shape {current.shape}, got {value.shape}")
                 continue
             if current.dtype.kind == "f" and value.dtype.kind not in "fiu":
                 errors.append(f"'{key}': expected a floating-point array, got dtype {value.dtype}")

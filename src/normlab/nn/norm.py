@@ -58,7 +58,12 @@ def momentum_to_keras(momentum: float) -> float:
 
 
 def _check_eps(eps: Any, where: str) -> float:
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+    if (
+        not isinstance(eps, numbers.Real)
+        or isinstance(eps, bool)
+        or not math.isfinite(eps)
+        or eps < 0
+    ):
         raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
 
@@ -140,11 +145,15 @@ class _NormBase(_Normalization):
         self.num_features = _check_positive_int(num_features, "num_features", name)
         self.eps = _check_eps(eps, name)
         if momentum is not None and (
-            not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum <= 1
+            not isinstance(momentum, numbers.Real)
+            or isinstance(momentum, bool)
+            or not 0 <= momentum <= 1
         ):
             raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
         if running_var not in RUNNING_VAR_ESTIMATORS:
-            raise ValueError(f"{name}: running_var must be 'unbiased' or 'biased', got {running_var!r}")
+            raise ValueError(
+                f"{name}: running_var must be 'unbiased' or 'biased', got {running_var!r}"
+            )
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
@@ -410,7 +419,9 @@ class InstanceNorm2d(_InstanceNorm):
 
 
 class InstanceNorm3d(_InstanceNorm):
-    __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input: (N, C, D, H, W) or unbatched (C, D, H, W).\n"
+    __doc__ = (
+        _InstanceNorm.__doc__ or ""
+    ) + "\n    Input: (N, C, D, H, W) or unbatched (C, D, H, W).\n"
     _ranks = (4, 5)
     _expected = "5-D input (N, C, D, H, W) or 4-D unbatched input (C, D, H, W)"
 
@@ -478,7 +489,9 @@ class LayerNorm(_Normalization):
         return y
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
 
 
 class RMSNorm(_Normalization):
@@ -528,7 +541,9 @@ class RMSNorm(_Normalization):
         return y
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
 
 
 class GroupNorm(_Normalization):
