@@ -8,7 +8,7 @@
 True
 """
 
-from normlab import functional, nn
+from normlab import data, functional, nn
 from normlab.backend import is_grad_enabled, no_grad
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
 
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "data",
     "freeze_batch_norm",
     "functional",
     "is_grad_enabled",
