@@ -163,17 +163,17 @@ def _ensure_writable(directory: Path) -> None:
 
 
 def _present(directory: Path, stem: str, sha: str, say: Callable[[str], None]) -> bool:
-    """Whether a verified copy of ``stem`` is already in ``directory`` (gzip or decompressed)."""
-    for candidate in (directory / f"{stem}.gz", directory / stem):
-        if candidate.is_file():
-            try:
-                read_verified(candidate, sha)
-            except DataError as e:
-                say(f"{candidate.name}: {e}; downloading it again")
-                continue
-            say(f"{candidate.name}: already present, checksum ok")
-            return True
-    return False
+    """Whether the copy of ``stem`` that ``load_mnist`` would read is in ``directory`` and intact."""
+    path = find_file(directory, stem)
+    if path is None:
+        return False
+    try:
+        read_verified(path, sha)
+    except DataError as e:
+        say(f"{e}; downloading it again")
+        return False
+    say(f"{path.name}: already present, checksum ok")
+    return True
 
 
 def _download_one(
@@ -210,16 +210,17 @@ def _download_one(
                     dead.add(mirror)
                 break  # a partial .part is kept: the next mirror (or the next run) continues it
             try:
-                data = part.read_bytes()
-                verify_content(data, sha, url)
+                verify_content(part.read_bytes(), sha, url)
             except DataError as e:
                 reasons.append(str(e))
                 part.unlink(missing_ok=True)
                 if resumed and attempt == "continue":
                     continue  # the kept bytes may be what was bad: once more from zero, same mirror
                 break
-            final = directory / (f"{stem}.gz" if is_gzip(data) else stem)
-            os.replace(part, final)  # atomic: the final name appears only with verified content
+            # atomic: the final name appears only with verified content (and takes precedence over a
+            # decompressed copy, which find_file looks at only when there is no .gz)
+            final = directory / f"{stem}.gz"
+            os.replace(part, final)
             say(f"{final.name}: ok, sha256 verified")
             return []
     return reasons
