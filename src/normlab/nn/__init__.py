@@ -1,11 +1,29 @@
-"""Layers with state: ``Module``/``Parameter`` and the normalization layers."""
+"""Layers with state: ``Module``/``Parameter``, the normalization layers, network layers, ``Sequential``,
+losses and initializers."""
 
+from normlab.nn import init
+from normlab.nn.container import Sequential
+from normlab.nn.layers import (
+    GELU,
+    AvgPool2d,
+    CachedLayer,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from normlab.nn.lifecycle import (
     batch_norm_layers,
     freeze_batch_norm,
     recalibrate_batch_norm,
     unfreeze_batch_norm,
 )
+from normlab.nn.loss import CrossEntropyLoss, MSELoss
 from normlab.nn.module import IncompatibleKeys, Module, Parameter, StateDictError
 from normlab.nn.norm import (
     BatchNorm1d,
@@ -20,25 +38,61 @@ from normlab.nn.norm import (
     momentum_from_keras,
     momentum_to_keras,
 )
+from normlab.nn.registry import build_module, module_spec, register_module, registered_modules
+
+# the normalization layers can be rebuilt from a saved architecture too
+for _norm_layer in (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    RMSNorm,
+):
+    register_module(_norm_layer)
+del _norm_layer
 
 __all__ = [
+    "GELU",
+    "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "CachedLayer",
+    "Conv2d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
     "GroupNorm",
     "IncompatibleKeys",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "Linear",
+    "MSELoss",
+    "MaxPool2d",
     "Module",
     "Parameter",
     "RMSNorm",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
     "StateDictError",
+    "Tanh",
     "batch_norm_layers",
+    "build_module",
     "freeze_batch_norm",
+    "init",
+    "module_spec",
     "momentum_from_keras",
     "momentum_to_keras",
     "recalibrate_batch_norm",
+    "register_module",
+    "registered_modules",
     "unfreeze_batch_norm",
 ]

@@ -39,6 +39,7 @@ from normlab import functional as F
 from normlab.backend import as_param_dtype, check_float_array, is_grad_enabled
 from normlab.functional.norm import NormCache, NormGrads
 from normlab.nn.module import Module, Parameter
+from normlab.nn.registry import dtype_name
 
 RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
 
@@ -247,6 +248,18 @@ class _NormBase(_Normalization):
         self.running_mean, self.running_var = F.update_running_stats(
             self.running_mean, self.running_var, batch_mean, batch_var, self._momentum_factor()
         )
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as JSON values (for saving the architecture)."""
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+            "running_var": self.running_var_estimator,
+            "dtype": dtype_name(self),
+        }
 
     def extra_repr(self) -> str:
         s = (
@@ -464,6 +477,15 @@ class LayerNorm(_Normalization):
     def _label(self) -> str:
         return f"LayerNorm({self.normalized_shape})"
 
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "normalized_shape": list(self.normalized_shape),
+            "eps": self.eps,
+            "elementwise_affine": self.elementwise_affine,
+            "bias": self.bias is not None or not self.elementwise_affine,
+            "dtype": dtype_name(self),
+        }
+
     def reset_parameters(self) -> None:
         if self.weight is not None:
             self.weight.data = np.ones_like(self.weight.data)
@@ -522,6 +544,14 @@ class RMSNorm(_Normalization):
 
     def _label(self) -> str:
         return f"RMSNorm({self.normalized_shape})"
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "normalized_shape": list(self.normalized_shape),
+            "eps": self.eps,
+            "elementwise_affine": self.elementwise_affine,
+            "dtype": dtype_name(self),
+        }
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
@@ -582,6 +612,15 @@ class GroupNorm(_Normalization):
 
     def _label(self) -> str:
         return f"GroupNorm({self.num_groups}, {self.num_channels})"
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "num_groups": self.num_groups,
+            "num_channels": self.num_channels,
+            "eps": self.eps,
+            "affine": self.affine,
+            "dtype": dtype_name(self),
+        }
 
     def reset_parameters(self) -> None:
         if self.affine:

@@ -1,0 +1,205 @@
+r"""2-D convolution (cross-correlation, as in every deep learning framework) by im2col.
+
+**im2col.**  Zero-pad the input (N, C, H, W) by ``padding``, then view every receptive field as a window: a
+strided view of shape (N, C, OH, OW, KH, KW) with no copy (``sliding_window_view``, then slicing by stride and
+dilation).  Laid out as rows of a matrix ``cols`` of shape (N·OH·OW, C·KH·KW), the convolution is one matrix
+product with the filters flattened to ``W`` of shape (OC, C·KH·KW):
+
+.. math::
+
+    y = \mathrm{cols}\, W^\top + b, \qquad
+    \frac{\partial L}{\partial W} = g^\top \mathrm{cols}, \qquad
+    \frac{\partial L}{\partial b} = \textstyle\sum_{\text{rows}} g, \qquad
+    \frac{\partial L}{\partial \mathrm{cols}} = g\, W
+
+with :math:`g` the output gradient laid out as rows (N·OH·OW, OC).
+
+**col2im.**  Every input pixel appears in several windows, so its gradient is the *sum* over the windows that
+contain it.  For each kernel offset (i, j) the windows' entries at that offset form a strided slice of the
+padded input; adding the window gradients slice by slice (KH·KW vectorized additions, no loop over pixels)
+accumulates exactly that sum.  Cropping the padding gives ``dx``.
+
+Output size per spatial axis: ``(size + 2·padding - dilation·(kernel - 1) - 1) // stride + 1``.  The pooling
+ops in :mod:`normlab.functional.pool` reuse the same window view and col2im.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from normlab.backend import check_float_array, compute_dtype
+
+Pair = tuple[int, int]
+
+
+def pair(value: int | tuple[int, int], name: str, where: str, minimum: int = 1) -> Pair:
+    """``value`` as an (h, w) pair of ints, each >= ``minimum``; ``ValueError`` naming ``where`` otherwise."""
+    items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(items) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in items
+    ):
+        raise ValueError(
+            f"{where}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}"
+        )
+    return int(items[0]), int(items[1])
+
+
+class Geometry(NamedTuple):
+    """Where the windows of a convolution or pooling lie on its input."""
+
+    kernel: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    input_hw: Pair
+    output_hw: Pair
+
+    @property
+    def padded_hw(self) -> Pair:
+        (h, w), (ph, pw) = self.input_hw, self.padding
+        return h + 2 * ph, w + 2 * pw
+
+
+def window_geometry(
+    input_shape: tuple[int, ...],
+    kernel: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    where: str,
+) -> Geometry:
+    """Check that the (dilated) kernel fits in the padded (N, C, H, W) input and compute the output size."""
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{where}: expected 4-D input (N, C, H, W), got shape {tuple(input_shape)}"
+        )
+    hw = (int(input_shape[2]), int(input_shape[3]))
+    out = []
+    for axis, n, k, s, p, d in zip("HW", hw, kernel, stride, padding, dilation, strict=True):
+        span = d * (k - 1) + 1  # extent of the dilated kernel
+        if n + 2 * p < span:
+            raise ValueError(
+                f"{where}: kernel extent {span} along {axis} (kernel {k}, dilation {d}) is larger than "
+                f"the padded input ({n} + 2·{p} = {n + 2 * p}); input shape {tuple(input_shape)}"
+            )
+        out.append((n + 2 * p - span) // s + 1)
+    return Geometry(kernel, stride, padding, dilation, hw, (out[0], out[1]))
+
+
+def pad_spatial(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
+    """Pad the last two axes of (N, C, H, W) ``x`` by ``padding`` on each side with ``value``."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def windows(xp: np.ndarray, geo: Geometry) -> np.ndarray:
+    """A read-only strided view (N, C, OH, OW, KH, KW) of every receptive field of padded ``xp``."""
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    view = sliding_window_view(xp, span, axis=(2, 3))  # (N, C, Hp - span + 1, Wp - span + 1, *span)
+    return view[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def col2im(dwindows: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Sum window gradients (N, C, OH, OW, KH, KW) back onto the input positions they came from.
+
+    Returns the gradient with respect to the *unpadded* input, shape (N, C, H, W).
+    """
+    n, c = dwindows.shape[:2]
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    oh, ow = geo.output_hw
+    hp, wp = geo.padded_hw
+    dxp = np.zeros((n, c, hp, wp), dtype=dwindows.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # the input rows/columns that kernel offset (i, j) touches, one per output position
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            dxp[:, :, rows, cols] += dwindows[:, :, :, :, i, j]
+    (ph, pw), (h, w) = geo.padding, geo.input_hw
+    return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w])
+
+
+class Conv2dCache(NamedTuple):
+    """What :func:`conv2d_backward` needs."""
+
+    cols: np.ndarray  # (N·OH·OW, C·KH·KW) receptive fields, compute dtype: dW needs them
+    weight_matrix: np.ndarray  # (OC, C·KH·KW), compute dtype: dx needs it
+    weight_shape: tuple[int, int, int, int]
+    geometry: Geometry
+    input_shape: tuple[int, int, int, int]
+    input_dtype: np.dtype
+    has_bias: bool
+
+
+class Conv2dGrads(NamedTuple):
+    dx: np.ndarray  # (N, C, H, W)
+    dweight: np.ndarray  # (OC, C, KH, KW)
+    dbias: np.ndarray | None  # (OC,)
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    dilation: int | Pair = 1,
+) -> tuple[np.ndarray, Conv2dCache]:
+    """Convolve (N, C, H, W) ``x`` with filters ``weight`` (OC, C, KH, KW) plus ``bias`` (OC,).
+
+    Returns ``y`` of shape (N, OC, OH, OW) in ``x``'s dtype, and the cache for :func:`conv2d_backward`.
+    Zero padding; no groups.
+    """
+    x = check_float_array(x, "conv2d")
+    out_channels, in_channels, kh, kw = weight.shape
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"conv2d: expected input of shape (N, {in_channels}, H, W), got shape {tuple(x.shape)}"
+        )
+    geo = window_geometry(
+        x.shape,
+        (kh, kw),
+        pair(stride, "stride", "conv2d"),
+        pair(padding, "padding", "conv2d", minimum=0),
+        pair(dilation, "dilation", "conv2d"),
+        "conv2d",
+    )
+    ct = compute_dtype(x.dtype)
+    n = x.shape[0]
+    oh, ow = geo.output_hw
+    win = windows(pad_spatial(x.astype(ct, copy=False), geo.padding), geo)
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, in_channels * kh * kw)
+    w = np.asarray(weight, dtype=ct).reshape(out_channels, -1)
+    rows = cols @ w.T  # (N·OH·OW, OC)
+    if bias is not None:
+        rows += np.asarray(bias, dtype=ct)
+    y = rows.reshape(n, oh, ow, out_channels).transpose(0, 3, 1, 2)
+    y = np.ascontiguousarray(y, dtype=x.dtype)
+    cache = Conv2dCache(
+        cols, w, tuple(weight.shape), geo, tuple(x.shape), x.dtype, bias is not None
+    )
+    return y, cache
+
+
+def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
+    """Gradients of :func:`conv2d_forward` for ``dy`` of shape (N, OC, OH, OW)."""
+    out_channels, in_channels, kh, kw = cache.weight_shape
+    n = cache.input_shape[0]
+    oh, ow = cache.geometry.output_hw
+    if tuple(dy.shape) != (n, out_channels, oh, ow):
+        raise ValueError(
+            f"conv2d backward: expected a gradient of shape {(n, out_channels, oh, ow)}, got {dy.shape}"
+        )
+    ct = cache.weight_matrix.dtype
+    g = np.asarray(dy, dtype=ct).transpose(0, 2, 3, 1).reshape(-1, out_channels)  # (N·OH·OW, OC)
+    dweight = (g.T @ cache.cols).reshape(cache.weight_shape)
+    dbias = g.sum(axis=0) if cache.has_bias else None
+    dcols = (g @ cache.weight_matrix).reshape(n, oh, ow, in_channels, kh, kw)
+    dx = col2im(dcols.transpose(0, 3, 1, 2, 4, 5), cache.geometry)
+    return Conv2dGrads(dx.astype(cache.input_dtype, copy=False), dweight, dbias)

@@ -1,0 +1,75 @@
+r"""The affine (fully connected) layer as a forward/backward pair.
+
+.. math::
+
+    y = x W^\top + b, \qquad
+    \frac{\partial L}{\partial x} = g\, W, \qquad
+    \frac{\partial L}{\partial W} = g^\top x, \qquad
+    \frac{\partial L}{\partial b} = \textstyle\sum_{\text{rows}} g
+
+with :math:`g = \partial L / \partial y`.  ``x`` may have any number of leading axes (``(*, in)``): they are
+treated as rows, so ``dW`` and ``db`` sum over all of them.  Arithmetic runs in the compute dtype of ``x``
+(float32 for float16/float32, float64 for float64); the output and ``dx`` have ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from normlab.backend import check_float_array, compute_dtype
+
+
+class LinearCache(NamedTuple):
+    """What :func:`linear_backward` needs."""
+
+    x2d: np.ndarray  # input as rows (M, in), compute dtype: dW needs it
+    weight: np.ndarray  # (out, in), compute dtype: dx needs it
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype
+    has_bias: bool
+
+
+class LinearGrads(NamedTuple):
+    dx: np.ndarray  # (*, in)
+    dweight: np.ndarray  # (out, in)
+    dbias: np.ndarray | None  # (out,), None without a bias
+
+
+def linear_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
+) -> tuple[np.ndarray, LinearCache]:
+    """``y = x @ weight.T + bias`` for ``x`` of shape (*, in), ``weight`` (out, in), ``bias`` (out,).
+
+    Returns ``y`` of shape (*, out) in ``x``'s dtype, and the cache for :func:`linear_backward`.
+    """
+    x = check_float_array(x, "linear")
+    out_features, in_features = weight.shape
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"linear: expected input of shape (*, {in_features}), got shape {tuple(x.shape)}"
+        )
+    ct = compute_dtype(x.dtype)
+    x2d = x.reshape(-1, in_features).astype(ct, copy=False)
+    w = np.asarray(weight, dtype=ct)
+    y = x2d @ w.T
+    if bias is not None:
+        y += np.asarray(bias, dtype=ct)
+    y = y.reshape(*x.shape[:-1], out_features).astype(x.dtype, copy=False)
+    return y, LinearCache(x2d, w, tuple(x.shape), x.dtype, bias is not None)
+
+
+def linear_backward(dy: np.ndarray, cache: LinearCache) -> LinearGrads:
+    """Gradients of :func:`linear_forward` for ``dy`` of shape (*, out)."""
+    out_features = cache.weight.shape[0]
+    expected = (*cache.input_shape[:-1], out_features)
+    if tuple(dy.shape) != expected:
+        raise ValueError(
+            f"linear backward: expected a gradient of shape {expected}, got {dy.shape}"
+        )
+    g = np.asarray(dy).reshape(-1, out_features).astype(cache.weight.dtype, copy=False)
+    dx = (g @ cache.weight).reshape(cache.input_shape).astype(cache.input_dtype, copy=False)
+    dweight = g.T @ cache.x2d
+    dbias = g.sum(axis=0) if cache.has_bias else None
+    return LinearGrads(dx, dweight, dbias)
