@@ -175,7 +175,7 @@ class RunContext:
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=size, layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=nrows * ncols == 1, **kw)
+        axes = fig.subplots(nrows, ncols, **kw)
         return fig, axes
 
     def save_figure(self, fig: Any, name: str) -> Path:
