@@ -1,96 +1,249 @@
-"""The ``normlab`` command."""
+"""The ``normlab`` command: the demo, the lab, training from a config, evaluation, data and info.
+
+Exit codes: 0 success, 1 a failure while working (missing file, bad config contents, failed download),
+2 a usage error (unknown command, option or experiment).  Errors are one line on stderr, without a traceback
+(set ``NORMLAB_DEBUG=1`` to see it).  Progress goes to stderr, only when stderr is a terminal; results go to
+stdout, as JSON with ``--json``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import platform
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEMO_EXPERIMENTS = ("init-scale", "bn-vs-plain")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """A small batch norm demonstration: what training mode and eval mode each compute."""
+class CLIError(Exception):
+    """A failure to report as one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------------- output
+def _console(stderr: bool = False):
     from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _progress() -> tuple[Callable[[str], None] | None, Any]:
+    """A status line on stderr when it is a terminal; ``(None, None)`` when output is piped."""
+    console = _console(stderr=True)
+    if not console.is_terminal:
+        return None, None
+    status = console.status("starting", spinner="dots")
+    status.start()
+    return status.update, status
+
+
+def _print_json(value: Any) -> None:
+    from normlab.lab.base import _jsonable
+
+    print(json.dumps(_jsonable(value), indent=2))
+
+
+# ------------------------------------------------------------------------------------------- lab
+def _run_lab(
+    names: Sequence[str],
+    *,
+    mode: str,
+    seed: int,
+    data: str,
+    out: str | None,
+    as_json: bool,
+    title: str,
+) -> int:
+    from normlab.lab import UnknownExperimentError, resolve_names, run_experiments
+    from normlab.lab.runner import default_out_dir
+
+    try:
+        names = resolve_names(names)
+    except UnknownExperimentError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
+    out_dir = Path(out) if out else default_out_dir()
+    update, status = _progress()
+    try:
+        summary = run_experiments(
+            names, out_dir, mode=mode, seed=seed, data=data, progress=update, title=title
+        )
+    finally:
+        if status is not None:
+            status.stop()
+    if as_json:
+        _print_json(
+            {
+                "report": str(summary.report),
+                "out_dir": str(summary.out_dir),
+                "wall_time_s": summary.wall_time,
+                "experiments": [
+                    {
+                        "name": r.name,
+                        "verdict": r.result.verdict,
+                        "measured": r.result.measured,
+                        "summary": r.result.summary,
+                        "wall_time_s": r.wall_time,
+                    }
+                    for r in summary.runs
+                ],
+            }
+        )
+        return EXIT_OK
+    _print_results(summary)
+    return EXIT_OK
+
+
+def _print_results(summary) -> None:
     from rich.table import Table
 
-    from normlab import nn
-
-    console = Console()
-    rng = np.random.default_rng(args.seed)
-    bn = nn.BatchNorm1d(4)
-    true_mean = np.array([5.0, -2.0, 0.0, 100.0])
-    true_std = np.array([2.0, 0.5, 1.0, 10.0])
-    for _ in range(200):
-        bn(rng.normal(true_mean, true_std, size=(32, 4)).astype(np.float32))
-
-    table = Table(title="BatchNorm1d(4) after 200 training batches of 32 (momentum 0.1)")
-    for col in ("channel", "true mean", "running_mean", "true var", "running_var"):
-        table.add_column(col, justify="right")
-    for c in range(4):
+    table = Table(title=f"normlab lab: {len(summary.runs)} experiment(s)")
+    table.add_column("experiment", no_wrap=True)
+    table.add_column("claim")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    for r in summary.runs:
+        color = "green" if r.result.verdict == "holds" else "red"
         table.add_row(
-            str(c),
-            f"{true_mean[c]:.3f}",
-            f"{bn.running_mean[c]:.3f}",
-            f"{true_std[c] ** 2:.3f}",
-            f"{bn.running_var[c]:.3f}",
+            r.name, r.result.claim, f"[{color}]{r.result.verdict}[/{color}]", f"{r.wall_time:.1f} s"
         )
+    console = _console()
     console.print(table)
+    for r in summary.runs:
+        console.print(f"[bold]{r.name}[/bold]: {r.result.measured}")
+    console.print(f"Report: {summary.report.resolve()}  (total {summary.wall_time:.1f} s)")
 
-    sample = rng.normal(true_mean, true_std, size=(1, 4)).astype(np.float32)
-    batch = np.concatenate(
-        [sample, rng.normal(true_mean, true_std, size=(7, 4)).astype(np.float32)]
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return _run_lab(
+        DEMO_EXPERIMENTS,
+        mode="quick",
+        seed=args.seed,
+        data="sample",
+        out=args.out,
+        as_json=args.json,
+        title="normlab demo: does batch norm do what the tutorials say?",
     )
-    bn.eval()
-    eval_out = bn(sample)[0]
-    bn.train()
-    train_out = bn(batch)[0]
-    t2 = Table(title="The same sample, normalized two ways")
-    t2.add_column("mode")
-    for c in range(4):
-        t2.add_column(f"ch {c}", justify="right")
-    t2.add_row("eval (running stats)", *[f"{v:+.3f}" for v in eval_out])
-    t2.add_row("train (batch of 8)", *[f"{v:+.3f}" for v in train_out])
-    console.print(t2)
-    console.print(
-        "In training mode a sample's output depends on the rest of its batch; eval mode uses the running "
-        "statistics, so call [bold]model.eval()[/bold] before inference."
+
+
+def _cmd_lab_list(args: argparse.Namespace) -> int:
+    from normlab.lab import REGISTRY
+
+    if args.json:
+        _print_json(
+            [{"name": e.name, "claim": e.claim, "source": e.source} for e in REGISTRY.values()]
+        )
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="normlab lab experiments")
+    table.add_column("name", no_wrap=True)
+    table.add_column("claim")
+    table.add_column("source")
+    for e in REGISTRY.values():
+        table.add_row(e.name, e.claim, e.source)
+    _console().print(table)
+    return EXIT_OK
+
+
+def _cmd_lab_run(args: argparse.Namespace) -> int:
+    mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
+    return _run_lab(
+        args.names,
+        mode=mode,
+        seed=args.seed,
+        data=args.data,
+        out=args.out,
+        as_json=args.json,
+        title="normlab lab report",
     )
-    return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    import normlab
-
-    print(f"normlab {normlab.__version__}")
-    print(f"python {platform.python_version()} on {platform.machine()} ({platform.system()})")
-    print(f"numpy {np.__version__}")
-    print(f"data cache {normlab.data.data_home()} (set NORMLAB_DATA to change it)")
-    return 0
-
-
-def _data_download(args: argparse.Namespace) -> int:
-    """``normlab data download mnist``: exit 0 when the files are in place, 1 with a one-line message if not."""
-    from normlab.data import DataError, download_mnist
+# ------------------------------------------------------------------------------------------- data, info
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from normlab.data import download_mnist
 
     def say(line: str) -> None:
         print(line, file=sys.stderr)
 
-    try:
-        directory = download_mnist(args.root, log=say)
-    except (DataError, OSError) as e:
-        print(f"normlab: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    directory = download_mnist(args.root, log=say)
     print(f"MNIST is in {directory}")
-    return 0
+    return EXIT_OK
 
 
-def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """``normlab data download mnist [--root DIR]``."""
+def _cmd_info(args: argparse.Namespace) -> int:
+    import normlab
+    from normlab.system import machine_description
+
+    info = {"normlab": normlab.__version__} | machine_description()
+    info["data cache"] = str(normlab.data.data_home())
+    if args.json:
+        _print_json(info)
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+        print("(set NORMLAB_DATA to change the data cache)")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normlab",
+        description="Batch normalization and its family, from first principles: experiments, training, data.",
+        epilog="Run `normlab COMMAND --help` for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: quick init-scale and bn-vs-plain on the bundled MNIST sample",
+        description="Run the quick forms of the init-scale and bn-vs-plain experiments on the bundled "
+        "MNIST sample, print a results table and the path of the HTML report.",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--out", metavar="DIR", help="run directory (default runs/<date-time>)")
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    demo.set_defaults(func=_cmd_demo)
+
+    lab = sub.add_parser("lab", help="list and run the lab's experiments", description="The lab.")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    lab_list = lab_sub.add_parser("list", help="list the experiments and their claims")
+    lab_list.add_argument("--json", action="store_true", help="print the list as JSON")
+    lab_list.set_defaults(func=_cmd_lab_list)
+    lab_run = lab_sub.add_parser(
+        "run",
+        help="run experiments (NAME... or 'all') and write a report",
+        description="Run experiments into a run directory (config, metrics, figures, report.html).",
+    )
+    lab_run.add_argument("names", nargs="+", metavar="NAME", help="experiment names, or 'all'")
+    size = lab_run.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="the quick mode (seconds to a minute each)"
+    )
+    size.add_argument("--tiny", action="store_true", help="the smallest mode (a smoke test)")
+    lab_run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    lab_run.add_argument("--out", metavar="DIR", help="run directory (default runs/<date-time>)")
+    lab_run.add_argument(
+        "--data",
+        choices=["sample", "full"],
+        default="sample",
+        help="MNIST: the bundled sample (default) or the full set (after `normlab data download mnist`)",
+    )
+    lab_run.add_argument("--json", action="store_true", help="print the results as JSON")
+    lab_run.set_defaults(func=_cmd_lab_run)
+
     data = sub.add_parser("data", help="data sets: download MNIST")
-    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    download = actions.add_parser("download", help="download a data set and verify its checksums")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    download = data_sub.add_parser("download", help="download a data set and verify its checksums")
     download.add_argument(
         "dataset", choices=["mnist"], help="the data set (Iris and the MNIST sample are bundled)"
     )
@@ -99,28 +252,39 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="data directory; files go to DIR/mnist (default: $NORMLAB_DATA, else the cache dir)",
     )
-    download.set_defaults(func=_data_download)
+    download.set_defaults(func=_cmd_data_download)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="normlab", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="the main job: a demonstration on bundled data")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(func=_demo)
-    info = sub.add_parser("info", help="versions and configuration")
-    info.set_defaults(func=_info)
-    _add_data_commands(sub)
+    info = sub.add_parser("info", help="versions, machine, kernels in use, data cache location")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(func=_cmd_info)
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # exits 2 on usage errors, 0 on --help
     if not hasattr(args, "func"):
         parser.print_help()
-        return 2
-    return int(args.func(args))
+        return EXIT_USAGE
+    from normlab.data import DataError
+
+    try:
+        return int(args.func(args))
+    except CLIError as e:
+        print(f"normlab: error: {_one_line(e)}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("normlab: interrupted", file=sys.stderr)
+        return 130
+    except (DataError, OSError, ValueError, TypeError, KeyError) as e:
+        if os.environ.get("NORMLAB_DEBUG"):
+            raise
+        print(f"normlab: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":
