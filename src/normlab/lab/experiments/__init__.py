@@ -3,5 +3,6 @@
 from normlab.lab.experiments import (  # noqa: F401
     adaline,
     bn_vs_plain,
+    eval_pitfalls,
     init_scale,
 )
