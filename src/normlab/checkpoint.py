@@ -5,7 +5,7 @@
 under their own prefixes.  Everything else is one JSON document stored in the safetensors header's
 ``__metadata__`` (key ``"normlab"``): format name and version, normlab version, the model's architecture
 (so :func:`load` can rebuild it), optimizer and LR-schedule state (arrays replaced by references to tensors),
-the epoch, the dropout generators' states, the data loader's state, user extras, and a SHA-256 of the tensors.
+the epoch, the dropout generators' states, the data loader's state, user extras, and a SHA-256 of all of it (metadata and tensor bytes).
 
 Why the header and not a sidecar JSON file: one file is replaced by one atomic rename, so tensors and
 metadata can never come from two different saves; the header is read and validated before any tensor; and
@@ -78,7 +78,8 @@ def load(path: PathLike, model: Module | None = None) -> Module:
     inference; or, with ``model`` given, loaded into it (its mode is left as it was)."""
     tensors, meta = _read(path)
     if model is None:
-        spec = meta["model"]["config"]
+        model_meta = meta.get("model")
+        spec = model_meta.get("config") if isinstance(model_meta, dict) else None
         if spec is None:
             raise CheckpointError(
                 f"{path}: the file holds no architecture (the model was not built from registered layers); "
@@ -203,10 +204,12 @@ def _decode(value: Any, tensors: Mapping[str, np.ndarray]) -> Any:
     return {k: _decode(v, tensors) for k, v in value.items()}
 
 
-def _content_digest(tensors: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: detects corrupted data, which
-    safetensors alone cannot (it checks structure, not values)."""
+def _content_digest(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
+    """SHA-256 over the metadata (canonical JSON, without the digest itself) and every tensor's name, dtype,
+    shape and bytes: detects corrupted values, which safetensors alone cannot (it checks structure only)."""
     digest = hashlib.sha256()
+    described = {k: v for k, v in meta.items() if k != "sha256"}
+    digest.update(json.dumps(described, sort_keys=True).encode())
     for key in sorted(tensors):
         arr = _contiguous(tensors[key])
         digest.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
@@ -269,7 +272,7 @@ def _write(
             "class": type(scheduler).__name__,
             "state": _encode(scheduler.state_dict(), "scheduler", tensors),
         }
-    meta["content_sha256"] = _content_digest(tensors)
+    meta["sha256"] = _content_digest(tensors, meta)
     header = {"format": FORMAT, METADATA_KEY: json.dumps(meta)}
     _atomic_write(path, safetensors.numpy.save(tensors, metadata=header))
     return path
@@ -378,15 +381,27 @@ def _read(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             f"this version reads format versions up to {FORMAT_VERSION}"
         )
     # (a future format version 2 would migrate version-1 metadata here)
-    for key in ("model", "rng", "content_sha256"):
-        if key not in meta:
-            raise fail(f"the metadata lacks '{key}'")
-    if _content_digest(tensors) != meta["content_sha256"]:
-        raise fail("the tensor data does not match its checksum: the file is corrupt")
+    if meta.get("sha256") != _content_digest(tensors, meta):
+        raise fail("the contents do not match their SHA-256 checksum: the file is corrupt")
     return tensors, meta
 
 
 # --------------------------------------------------------------------------------------- restoring
+@dataclass
+class _Plan:
+    """Everything a load will install, validated against the live objects before any of them changes."""
+
+    model: Module
+    model_state: dict[str, np.ndarray]
+    optimizer: Optimizer | None = None
+    optimizer_state: Any = None  # (groups, state) from Optimizer._prepare_load
+    scheduler: LRScheduler | None = None
+    scheduler_state: Any = None
+    generators: list[tuple[Module, dict[str, Any]]] | None = None
+    loader: Any = None
+    loader_state: Any = None
+
+
 def _restore(
     path: PathLike,
     tensors: Mapping[str, np.ndarray],
@@ -401,68 +416,95 @@ def _restore(
     def fail(problem: str) -> CheckpointError:
         return CheckpointError(f"{path}: {problem} (nothing was changed)")
 
+    try:
+        plan = _plan(tensors, meta, model, optimizer, scheduler, loader, fail)
+    except CheckpointError:
+        raise
+    except (
+        KeyError,
+        TypeError,
+        AttributeError,
+        ValueError,
+    ) as exc:  # metadata of an unexpected shape
+        raise fail(f"malformed checkpoint metadata ({type(exc).__name__}: {exc})") from exc
+    _apply(plan, fail)
+
+
+def _plan(
+    tensors: Mapping[str, np.ndarray],
+    meta: dict[str, Any],
+    model: Module,
+    optimizer: Optimizer | None,
+    scheduler: LRScheduler | None,
+    loader: Any,
+    fail: Any,
+) -> _Plan:
     model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     _check_model_state(model, model_state, fail)
+    plan = _Plan(model, model_state)
 
-    optimizer_groups = None
     if optimizer is not None:
         saved = meta.get("optimizer")
         if not saved:
             raise fail(
                 "the file holds no optimizer state (saved with normlab.save, or without an optimizer)"
             )
-        if saved.get("class") != type(optimizer).__name__:
+        if saved["class"] != type(optimizer).__name__:
             raise fail(
-                f"the file holds {saved.get('class')} state, not {type(optimizer).__name__} state"
+                f"the file holds {saved['class']} state, not {type(optimizer).__name__} state"
             )
         try:
-            optimizer_groups = optimizer._prepare_load(_decode(saved["state"], tensors))
+            plan.optimizer_state = optimizer._prepare_load(_decode(saved["state"], tensors))
         except ValueError as exc:
-            raise fail(f"optimizer state does not fit: {exc}") from exc
+            raise fail(f"the optimizer state does not fit: {exc}") from exc
+        plan.optimizer = optimizer
 
-    scheduler_state = None
     if scheduler is not None:
         saved = meta.get("scheduler")
         if not saved:
             raise fail("the file holds no LR scheduler state")
-        if saved.get("class") != type(scheduler).__name__:
+        if saved["class"] != type(scheduler).__name__:
             raise fail(
-                f"the file holds {saved.get('class')} state, not {type(scheduler).__name__} state"
+                f"the file holds {saved['class']} state, not {type(scheduler).__name__} state"
             )
-        scheduler_state = _decode(saved["state"], tensors)
+        plan.scheduler_state = _decode(saved["state"], tensors)
         try:
-            scheduler._check_state(scheduler_state)
+            scheduler._check_state(plan.scheduler_state)
         except ValueError as exc:
             raise fail(str(exc)) from exc
+        plan.scheduler = scheduler
 
-    generators = _check_generator_states(model, meta["rng"].get("dropout", {}), fail)
-    loader_state = None
+    plan.generators = _check_generator_states(model, meta["rng"]["dropout"], fail)
     if loader is not None:
-        loader_state = _decode(meta.get("loader"), tensors)
-        if loader_state is None:
+        plan.loader_state = _decode(meta.get("loader"), tensors)
+        if plan.loader_state is None:
             raise fail("the file holds no data loader state")
+        plan.loader = loader
+    return plan
 
-    # everything fits: apply, keeping what is needed to undo it
-    undo_model = model.state_dict()
-    undo_optimizer = None if optimizer is None else optimizer.state_dict()
-    undo_scheduler = None if scheduler is None else scheduler.state_dict()
-    undo_generators = [(m, m.generator.bit_generator.state) for m, _ in generators]
+
+def _apply(plan: _Plan, fail: Any) -> None:
+    """Install a validated plan.  Only a foreign object (the loader) can still refuse; then undo it all."""
+    undo_model = plan.model.state_dict()
+    undo_optimizer = None if plan.optimizer is None else plan.optimizer.state_dict()
+    undo_scheduler = None if plan.scheduler is None else plan.scheduler.state_dict()
+    undo_generators = [(m, m.generator.bit_generator.state) for m, _ in plan.generators or []]
     try:
-        model.load_state_dict(model_state)
-        if optimizer is not None and optimizer_groups is not None:
-            optimizer._apply_load(*optimizer_groups)
-        if scheduler is not None:
-            scheduler.load_state_dict(scheduler_state)
-        for m, state in generators:
+        plan.model.load_state_dict(plan.model_state)
+        if plan.optimizer is not None:
+            plan.optimizer._apply_load(*plan.optimizer_state)
+        if plan.scheduler is not None:
+            plan.scheduler.load_state_dict(plan.scheduler_state)
+        for m, state in plan.generators or []:
             m.generator.bit_generator.state = state
-        if loader is not None:
-            loader.load_state_dict(loader_state)
+        if plan.loader is not None:
+            plan.loader.load_state_dict(plan.loader_state)
     except Exception as exc:
-        model.load_state_dict(undo_model)
-        if optimizer is not None:
-            optimizer.load_state_dict(undo_optimizer)
-        if scheduler is not None:
-            scheduler.load_state_dict(undo_scheduler)
+        plan.model.load_state_dict(undo_model)
+        if plan.optimizer is not None:
+            plan.optimizer.load_state_dict(undo_optimizer)
+        if plan.scheduler is not None:
+            plan.scheduler.load_state_dict(undo_scheduler)
         for m, state in undo_generators:
             m.generator.bit_generator.state = state
         raise fail(f"restoring failed ({type(exc).__name__}: {exc})") from exc

@@ -106,15 +106,15 @@ def _batch_source(
         return ArrayBatches(
             x, None if y is None else np.asarray(y), batch_size, shuffle, seed, where
         )
+    if hasattr(x, "__next__"):
+        raise TypeError(
+            f"{where}: got a one-shot iterator ({type(x).__name__}); pass something that can be iterated "
+            "once per epoch (a list of batches or a DataLoader)"
+        )
     if not hasattr(x, "__iter__") or not hasattr(x, "__len__"):
         raise TypeError(
             f"{where}: expected arrays (x, y) or a re-iterable source of (x, y) batches with a len, "
             f"got {type(x).__name__}"
-        )
-    if iter(x) is x:
-        raise TypeError(
-            f"{where}: got a one-shot iterator; pass something that can be iterated once per epoch "
-            "(a list of batches or a DataLoader)"
         )
     if len(x) == 0:
         raise ValueError(f"{where}: the batch source is empty (len 0)")
@@ -287,14 +287,12 @@ class EarlyStopping(Callback):
                 "(val_* needs validation_data or validation_split)"
             )
         value = logs[self.monitor]
-        gain = (
-            (value - self.best)
-            if self.maximize
-            else (self.best - value)
-            if self.best is not None
-            else None
-        )
-        if self.best is None or (gain is not None and gain > self.min_delta):
+        if self.best is None:
+            improved = True
+        else:
+            gain = value - self.best if self.maximize else self.best - value
+            improved = gain > self.min_delta
+        if improved:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
                 self.best_state = run.model.state_dict()
@@ -528,7 +526,7 @@ def fit(
                     metrics=metrics,
                 )
                 logs.update({f"val_{k}": v for k, v in val.items()})
-            logs["lr"] = optimizer.param_groups[0]["lr"]
+            logs["lr"] = history.iterations[-1]["lr"]  # the rate the epoch's last step used
             history.epochs.append(logs)
             display.epoch_end(epoch, logs)
             for cb in ordered:
