@@ -456,7 +456,8 @@ def _plan(
         try:
             plan.optimizer_state = optimizer._prepare_load(_decode(saved["state"], tensors))
         except ValueError as exc:
-            raise fail(f"the optimizer state does not fit: {exc}") from exc
+            reason = str(exc).removesuffix(" (nothing was changed)")
+            raise fail(f"the optimizer state does not fit: {reason}") from exc
         plan.optimizer = optimizer
 
     if scheduler is not None:
