@@ -5,7 +5,8 @@
 under their own prefixes.  Everything else is one JSON document stored in the safetensors header's
 ``__metadata__`` (key ``"normlab"``): format name and version, normlab version, the model's architecture
 (so :func:`load` can rebuild it), optimizer and LR-schedule state (arrays replaced by references to tensors),
-the epoch, the dropout generators' states, the data loader's state, user extras, and a SHA-256 of all of it (metadata and tensor bytes).
+the epoch, the dropout generators' states, the data loader's state, user extras, and a SHA-256 over all of it
+(metadata and tensor bytes).
 
 Why the header and not a sidecar JSON file: one file is replaced by one atomic rename, so tensors and
 metadata can never come from two different saves; the header is read and validated before any tensor; and
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from normlab.nn.layers import dropout_generators
 from normlab.nn.module import Module
 from normlab.nn.registry import build_module, module_spec
 from normlab.optim.lr_scheduler import LRScheduler
@@ -218,8 +220,6 @@ def _content_digest(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) 
 
 
 def _rng_states(model: Module) -> dict[str, Any]:
-    from normlab.train import dropout_generators
-
     return {name: m.generator.bit_generator.state for name, m in dropout_generators(model)}
 
 
@@ -539,8 +539,6 @@ def _check_generator_states(
 ) -> list[tuple[Module, dict[str, Any]]]:
     """Pair each dropout module of ``model`` with its saved generator state, checking the state on a scratch
     generator of the same kind first."""
-    from normlab.train import dropout_generators
-
     modules = dict(dropout_generators(model))
     if not isinstance(saved, dict) or set(saved) != set(modules):
         names = sorted(saved) if isinstance(saved, dict) else saved

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from normlab.backend import no_grad
+from normlab.nn.layers import dropout_generators
 from normlab.nn.loss import CrossEntropyLoss
 from normlab.nn.module import Module
 from normlab.optim.lr_scheduler import LRScheduler
@@ -416,15 +417,6 @@ def _restore_modes(saved: list[tuple[Module, bool]]) -> None:
         m.training = mode
 
 
-def dropout_generators(model: Module) -> list[tuple[str, Module]]:
-    """``(name, module)`` of every module with its own ``numpy.random.Generator`` (dropout), in order."""
-    return [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(getattr(m, "generator", None), np.random.Generator)
-    ]
-
-
 def _reseed_dropout(model: Module, seed: int, epoch: int) -> None:
     for i, (_, m) in enumerate(dropout_generators(model)):
         m.generator = np.random.default_rng([seed, epoch, 1, i])
@@ -469,6 +461,14 @@ def fit(
     all modules are restored afterwards, whatever happens.
     """
     criterion = CrossEntropyLoss() if loss is None else loss
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"fit: optimizer must be a normlab Optimizer, got {type(optimizer).__name__}"
+        )
+    if getattr(criterion, "reduction", "mean") == "none":
+        raise ValueError(
+            "fit: the loss must reduce to a number (reduction 'mean' or 'sum'), not 'none'"
+        )
     batch_size = _check_batch_size(batch_size, "fit")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -478,7 +478,7 @@ def fit(
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)
     if validation_split:
-        if validation_data is not None or not isinstance(x, np.ndarray):
+        if validation_data is not None or not isinstance(x, np.ndarray) or y is None:
             raise ValueError("fit: validation_split needs arrays (x, y) and no validation_data")
         if not 0.0 < validation_split < 1.0:
             raise ValueError(f"fit: validation_split must be in (0, 1), got {validation_split}")

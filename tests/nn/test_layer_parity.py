@@ -76,3 +76,16 @@ def test_cross_entropy_of_extreme_logits_is_finite_and_matches_torch() -> None:
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(value, t_loss.item(), rtol=1e-12)
     np.testing.assert_allclose(grad, t_logits.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_torch() -> None:
+    from normlab import nn
+
+    x = np.array([[[[1.0, 1.0, 0.0], [1.0, 1.0, 2.0], [2.0, 0.0, 2.0]]]])
+    pool = nn.MaxPool2d(2, stride=1)
+    y = pool(x)
+    dx = pool.backward(np.ones_like(y))
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(tx, 2, stride=1).sum().backward()
+    np.testing.assert_array_equal(dx, tx.grad.numpy())
+    assert dx.sum() == y.size  # every window sends its whole gradient to one input

@@ -261,6 +261,18 @@ def test_validation_split_holds_out_the_last_samples() -> None:
             "expected integer class labels",
         ),
         (
+            lambda m, o, x, y: nl.fit(m, x, y, optimizer=None),
+            TypeError,
+            "optimizer must be a normlab Optimizer",
+        ),
+        (
+            lambda m, o, x, y: nl.fit(
+                m, x, y, optimizer=o, loss=nn.CrossEntropyLoss(reduction="none")
+            ),
+            ValueError,
+            "reduction 'mean' or 'sum'",
+        ),
+        (
             lambda m, o, x, y: nl.evaluate(m, x, y, batch_size=-1),
             ValueError,
             "evaluate: batch_size",

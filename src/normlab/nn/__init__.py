@@ -16,6 +16,7 @@ from normlab.nn.layers import (
     Sigmoid,
     Softmax,
     Tanh,
+    dropout_generators,
 )
 from normlab.nn.lifecycle import (
     batch_norm_layers,
@@ -86,6 +87,7 @@ __all__ = [
     "Tanh",
     "batch_norm_layers",
     "build_module",
+    "dropout_generators",
     "freeze_batch_norm",
     "init",
     "module_spec",

@@ -389,6 +389,16 @@ class Dropout(CachedLayer):
         return f"p={self.p}"
 
 
+def dropout_generators(model: Module) -> list[tuple[str, Module]]:
+    """``(name, module)`` of every module of ``model`` that owns a ``numpy.random.Generator`` (dropout), in
+    registration order: what checkpoints save and ``fit(seed=...)`` reseeds."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "generator", None), np.random.Generator)
+    ]
+
+
 def _own_generator(seed: init.RandomSource) -> np.random.Generator:
     """A generator owned by one layer: never shared, so no other consumer shifts its stream."""
     if isinstance(seed, np.random.Generator):
