@@ -518,7 +518,7 @@ def _check_model_state(model: Module, state: Mapping[str, np.ndarray], fail: Any
     for prefix, m in model.named_modules():
         m._upgrade_state_dict(given, f"{prefix}." if prefix else "")
     missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
+    unexpected = sorted(k for k in given if k not in expected)
     problems = []
     if missing:
         problems.append(f"missing {', '.join(missing)}")

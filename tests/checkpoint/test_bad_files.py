@@ -149,7 +149,7 @@ MISMATCHES = {
             ),
             None,
         ),
-        "unexpected 4.weight, 4.bias",
+        "unexpected 4.bias, 4.weight",
     ),
     "optimizer-class": (lambda: (bn_mlp(), "sgd"), "holds Adam state, not SGD state"),
     "optimizer-groups": (
