@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LINTED := $(wildcard src tests benchmarks)
 
 .PHONY: demo test lint bench clean
 
@@ -23,8 +24,8 @@ demo: $(VENV)/.runtime
 	$(BIN)/normlab demo
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q

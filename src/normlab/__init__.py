@@ -8,7 +8,7 @@
 True
 """
 
-from normlab import functional, nn, optim
+from normlab import data, functional, nn, optim
 from normlab.backend import is_grad_enabled, no_grad
 from normlab.checkpoint import (
     Checkpoint,
@@ -42,6 +42,7 @@ __all__ = [
     "LRSchedulerCallback",
     "ModelCheckpoint",
     "__version__",
+    "data",
     "evaluate",
     "fit",
     "freeze_batch_norm",

@@ -66,7 +66,40 @@ def _info(args: argparse.Namespace) -> int:
     print(f"normlab {normlab.__version__}")
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.system()})")
     print(f"numpy {np.__version__}")
+    print(f"data cache {normlab.data.data_home()} (set NORMLAB_DATA to change it)")
     return 0
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    """``normlab data download mnist``: exit 0 when the files are in place, 1 with a one-line message if not."""
+    from normlab.data import DataError, download_mnist
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    try:
+        directory = download_mnist(args.root, log=say)
+    except (DataError, OSError) as e:
+        print(f"normlab: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    print(f"MNIST is in {directory}")
+    return 0
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """``normlab data download mnist [--root DIR]``."""
+    data = sub.add_parser("data", help="data sets: download MNIST")
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    download = actions.add_parser("download", help="download a data set and verify its checksums")
+    download.add_argument(
+        "dataset", choices=["mnist"], help="the data set (Iris and the MNIST sample are bundled)"
+    )
+    download.add_argument(
+        "--root",
+        metavar="DIR",
+        help="data directory; files go to DIR/mnist (default: $NORMLAB_DATA, else the cache dir)",
+    )
+    download.set_defaults(func=_data_download)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="versions and configuration")
     info.set_defaults(func=_info)
+    _add_data_commands(sub)
     return parser
 
 

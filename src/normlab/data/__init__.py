@@ -1,0 +1,41 @@
+"""Data for normlab: MNIST (bundled sample, verified downloader), Iris, transforms and a mini-batch loader.
+
+Everything works offline on the bundled data; only :func:`download_mnist` (or ``load_mnist(..., download=True)``,
+or ``normlab data download mnist``) touches the network.
+
+>>> from normlab.data import load_mnist, DataLoader, scale_01, flatten
+>>> train, val, test = load_mnist("sample")
+>>> train.x.shape, train.x.dtype.name, train.y.dtype.name
+((6000, 28, 28), 'uint8', 'int64')
+>>> loader = DataLoader(flatten(scale_01(train.x)), train.y, batch_size=100, seed=0)
+>>> len(loader), next(iter(loader))[0].shape
+(60, (100, 784))
+"""
+
+from normlab.data.download import MNIST_MIRRORS, MNIST_SHA256, data_home, download_mnist
+from normlab.data.errors import DataError
+from normlab.data.idx import read_idx, write_idx
+from normlab.data.iris import IrisData, load_iris
+from normlab.data.loader import DataLoader
+from normlab.data.mnist import Labeled, Splits, load_mnist
+from normlab.data.transforms import Standardizer, flatten, one_hot, scale_01
+
+__all__ = [
+    "MNIST_MIRRORS",
+    "MNIST_SHA256",
+    "DataError",
+    "DataLoader",
+    "IrisData",
+    "Labeled",
+    "Splits",
+    "Standardizer",
+    "data_home",
+    "download_mnist",
+    "flatten",
+    "load_iris",
+    "load_mnist",
+    "one_hot",
+    "read_idx",
+    "scale_01",
+    "write_idx",
+]

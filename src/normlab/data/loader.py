@@ -1,0 +1,180 @@
+"""Mini-batches from in-memory arrays, with a seeded generator of their own and resumable state."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+_STATE_FORMAT = 1
+# what a state dict must agree on with the loader it is loaded into (the batch order depends on all of them)
+_CONFIG_KEYS = ("num_samples", "batch_size", "shuffle", "drop_last", "replacement", "num_batches")
+
+
+class DataLoader:
+    """Iterate over mini-batches of ``x`` (N, ...) and, if given, ``y`` (N, ...).
+
+    Each pass (``for xb, yb in loader``) is one epoch; every epoch draws a new order from the loader's own
+    ``np.random.Generator`` seeded with ``seed``, so the global NumPy RNG is never used or disturbed and two loaders
+    with the same seed give the same batches.  ``len(loader)`` is the number of batches per epoch.
+
+    * Without replacement (default) each sample appears exactly once per epoch, in a random order if
+      ``shuffle`` else in index order; the last batch is smaller unless ``drop_last`` drops it.
+    * ``replacement=True`` draws every batch independently as ``batch_size`` indices sampled with replacement,
+      like ``np.random.choice(N, batch_size)`` in *Deep Learning from Scratch*: samples can repeat, within and
+      across batches, and ``shuffle`` / ``drop_last`` have no effect.  An epoch is ``num_batches`` batches
+      (default ``ceil(N / batch_size)``).
+
+    Batches are copies (fancy indexing), never views into ``x``.  ``state_dict()`` / ``load_state_dict()`` save and
+    restore the generator and the position inside an interrupted epoch, so a resumed run sees exactly the batches
+    the uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        replacement: bool = False,
+        num_batches: int | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        self.x = np.asarray(x)
+        self.y = None if y is None else np.asarray(y)
+        if self.x.ndim < 1:
+            raise ValueError("DataLoader: x must have a sample axis, got a scalar")
+        n = self.x.shape[0]
+        if self.y is not None and (self.y.ndim < 1 or self.y.shape[0] != n):
+            raise ValueError(f"DataLoader: x has {n} samples but y has shape {self.y.shape}")
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or batch_size < 1
+        ):
+            raise ValueError(
+                f"DataLoader: batch_size must be a positive integer, got {batch_size!r}"
+            )
+        if num_batches is not None:
+            if not replacement:
+                raise ValueError("DataLoader: num_batches applies only with replacement=True")
+            if num_batches < 0:
+                raise ValueError(f"DataLoader: num_batches must be non-negative, got {num_batches}")
+        if replacement and n == 0:
+            raise ValueError("DataLoader: cannot sample with replacement from 0 samples")
+        if isinstance(seed, np.random.Generator):
+            raise TypeError(
+                "DataLoader: seed must be an int or None; the loader keeps a generator of its own"
+            )
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.replacement = bool(replacement)
+        self._num_batches = num_batches
+        self._rng = np.random.default_rng(seed)
+        # Resume bookkeeping: the generator state at the start of the epoch in progress (None between epochs),
+        # how many of its batches were handed out, and how many the next epoch skips after load_state_dict.
+        self._epoch_start: dict[str, Any] | None = None
+        self._position = 0
+        self._skip = 0
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        if self.replacement:
+            return math.ceil(n / b) if self._num_batches is None else int(self._num_batches)
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def _draw_epoch(self) -> list[np.ndarray]:
+        """The index arrays of one epoch's batches; consumes the generator."""
+        n, b = self.num_samples, self.batch_size
+        if self.replacement:
+            return list(self._rng.choice(n, size=(len(self), b), replace=True))
+        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        return [order[i * b : (i + 1) * b] for i in range(len(self))]
+
+    def __iter__(self) -> Iterator[Any]:
+        start = self._rng.bit_generator.state
+        skip, self._skip = self._skip, 0
+        batches = self._draw_epoch()
+        self._epoch_start, self._position = start, skip
+        for i in range(skip, len(batches)):
+            idx = batches[i]
+            # counted before the yield: a state_dict taken while batch i is in use resumes at i + 1
+            self._position = i + 1
+            yield self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
+        self._epoch_start, self._position = None, 0
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "replacement": self.replacement,
+            "num_batches": len(self),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable state: the generator, the position in an interrupted epoch, the configuration.
+
+        Mid-epoch, ``rng`` is the state from the start of that epoch and ``batch`` the number of its batches
+        already handed out; after ``load_state_dict`` the next pass re-draws that epoch and continues at ``batch``.
+        """
+        in_epoch = self._epoch_start is not None
+        return {
+            "format": _STATE_FORMAT,
+            "rng": copy.deepcopy(self._epoch_start) if in_epoch else self._rng.bit_generator.state,
+            "batch": self._position if in_epoch else self._skip,
+            **self._config(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()``; raises ``ValueError`` and changes nothing if it does not fit this loader."""
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                f"DataLoader.load_state_dict: expected a state dict of format {_STATE_FORMAT}"
+            )
+        missing = [k for k in ("rng", "batch", *_CONFIG_KEYS) if k not in state]
+        if missing:
+            raise ValueError(f"DataLoader.load_state_dict: state lacks {missing}")
+        mine = self._config()
+        differ = [
+            f"{k}: state {state[k]!r}, loader {mine[k]!r}"
+            for k in _CONFIG_KEYS
+            if state[k] != mine[k]
+        ]
+        if differ:
+            raise ValueError(
+                "DataLoader.load_state_dict: saved from a different loader ("
+                + "; ".join(differ)
+                + ")"
+            )
+        batch = state["batch"]
+        if not isinstance(batch, int) or not 0 <= batch <= len(self):
+            raise ValueError(
+                f"DataLoader.load_state_dict: batch must be in 0..{len(self)}, got {batch!r}"
+            )
+        rng = np.random.default_rng()
+        try:
+            # a fresh generator validates the state before anything in this loader changes
+            rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"DataLoader.load_state_dict: invalid generator state ({e})") from e
+        self._rng, self._skip = rng, batch
+        self._epoch_start, self._position = None, 0
+
+    def __repr__(self) -> str:
+        extra = (
+            ", replacement=True"
+            if self.replacement
+            else f", shuffle={self.shuffle}, drop_last={self.drop_last}"
+        )
+        return f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}{extra}, batches={len(self)})"

@@ -1,0 +1,188 @@
+"""What every experiment of the lab shares: the registry, the run context that writes artefacts, and the
+result (claim, measurement, verdict) that the report shows.
+
+An experiment is a function ``run(ctx) -> Result`` registered under a name with its claim and source.  It
+reads its hyperparameters from ``ctx.config`` (the published setup in ``full`` mode, smaller in ``quick``,
+smallest in ``tiny``, which the tests use), writes metrics and figures through ``ctx``, and decides its
+verdict from the numbers it measured.  Nothing in a verdict is written in advance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODES = ("tiny", "quick", "full")
+HOLDS = "holds"
+DOES_NOT_HOLD = "does not hold here"
+
+
+@dataclass
+class Table:
+    """A small table for the report and the terminal: a title, column names and rows of cells."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Result:
+    """What an experiment concludes.  ``measured`` states the numbers the verdict was computed from."""
+
+    claim: str
+    measured: str
+    verdict: str
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # deviations from the published setup, caveats
+    summary: dict[str, Any] = field(default_factory=dict)  # headline numbers, for --json and tests
+
+
+def verdict(holds: bool) -> str:
+    """The verdict string for a claim, from a condition computed on measured numbers."""
+    return HOLDS if holds else DOES_NOT_HOLD
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    claim: str
+    source: str
+    configs: Mapping[str, Mapping[str, Any]]  # mode -> hyperparameters
+    run: Callable[[RunContext], Result]
+
+
+REGISTRY: dict[str, Experiment] = {}
+
+
+def register(
+    name: str, *, claim: str, source: str, configs: Mapping[str, Mapping[str, Any]]
+) -> Callable[[Callable[[RunContext], Result]], Callable[[RunContext], Result]]:
+    """Decorator: register ``run`` as the experiment ``name`` with a config per mode."""
+    missing = [m for m in MODES if m not in configs]
+    if missing:
+        raise ValueError(f"experiment {name!r} has no config for mode(s) {missing}")
+
+    def decorate(run: Callable[[RunContext], Result]) -> Callable[[RunContext], Result]:
+        if name in REGISTRY:
+            raise ValueError(f"experiment {name!r} is registered twice")
+        REGISTRY[name] = Experiment(name, claim, source, configs, run)
+        return run
+
+    return decorate
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(_jsonable(value), indent=2, allow_nan=False) + "\n")
+
+
+class RunContext:
+    """Where an experiment writes: ``out_dir`` (created), its config, metrics and figures.
+
+    ``config`` is the experiment's hyperparameters for ``mode``; ``data`` is ``"sample"`` (the bundled MNIST
+    test split) or ``"full"`` (the downloaded MNIST); ``seed`` seeds every generator the experiment makes.
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        out_dir: Path,
+        *,
+        mode: str = "quick",
+        seed: int = 0,
+        data: str = "sample",
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if data not in ("sample", "full"):
+            raise ValueError(f"data must be 'sample' or 'full', got {data!r}")
+        self.experiment = experiment
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        self.seed = seed
+        self.data = data
+        self.config: dict[str, Any] = dict(experiment.configs[mode])
+        self._progress = progress
+        self.started = time.perf_counter()
+
+    def rng(self, offset: int = 0) -> np.random.Generator:
+        """A generator derived from the run's seed; ``offset`` separates independent streams."""
+        return np.random.default_rng([self.seed, offset])
+
+    def log(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress(message)
+
+    def save_config(self, extra: Mapping[str, Any] | None = None) -> Path:
+        config = {
+            "experiment": self.experiment.name,
+            "mode": self.mode,
+            "seed": self.seed,
+            "data": self.data,
+            "hyperparameters": self.config,
+        } | dict(extra or {})
+        path = self.out_dir / "config.json"
+        write_json(path, config)
+        return path
+
+    def save_metrics(self, name: str, records: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
+        """Write ``records`` (a list of flat dicts) as ``<name>.json`` and ``<name>.csv``."""
+        json_path = self.out_dir / f"{name}.json"
+        csv_path = self.out_dir / f"{name}.csv"
+        write_json(json_path, list(records))
+        columns: list[str] = []
+        for r in records:
+            columns += [k for k in r if k not in columns]
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for r in records:
+                writer.writerow({k: _jsonable(v) for k, v in r.items()})
+        return json_path, csv_path
+
+    @staticmethod
+    def figure(
+        nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 4.2), **kw: Any
+    ):
+        """A matplotlib figure and its axes, drawn with the Agg renderer and never through pyplot, so that
+        running an experiment changes no global matplotlib state (a notebook's backend stays as it was)."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=size, layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=nrows * ncols == 1, **kw)
+        return fig, axes
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Save a figure from :meth:`figure` as ``<name>.png``."""
+        path = self.out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        return path
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,1 @@
+"""One module per experiment; importing this package registers them all."""

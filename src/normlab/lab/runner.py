@@ -1,0 +1,134 @@
+"""Run experiments into a run directory and write the report.
+
+Layout of a run directory::
+
+    run.json          what ran: experiments, mode, seed, data, versions, machine, wall times
+    report.html       the self-contained report (an index first when several experiments ran)
+    <experiment>/     config.json, metrics (.json and .csv), figures (.png), section.html, result.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from normlab.lab.base import REGISTRY, Result, RunContext, write_json
+from normlab.lab.report import report_html, section_html
+from normlab.system import machine_description
+
+
+class UnknownExperimentError(KeyError):
+    """An experiment name that is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class ExperimentRun:
+    name: str
+    result: Result
+    wall_time: float
+    out_dir: Path
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    report: Path
+    runs: list[ExperimentRun]
+    wall_time: float
+
+
+def resolve_names(names: Sequence[str]) -> list[str]:
+    """Expand ``all`` and check every name, keeping registry order for ``all``."""
+    if not names:
+        raise UnknownExperimentError("no experiment named; see `normlab lab list`")
+    if list(names) == ["all"]:
+        return list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise UnknownExperimentError(
+            f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(REGISTRY)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def default_out_dir(root: Path = Path("runs")) -> Path:
+    return root / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_experiments(
+    names: Sequence[str],
+    out_dir: Path,
+    *,
+    mode: str = "quick",
+    seed: int = 0,
+    data: str = "sample",
+    progress: Callable[[str], None] | None = None,
+    title: str = "normlab lab report",
+) -> RunSummary:
+    """Run the named experiments (or ``["all"]``) and write their artefacts and the report under
+    ``out_dir``.  Returns what ran, with each experiment's result and wall time."""
+    import normlab
+
+    names = resolve_names(names)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    runs: list[ExperimentRun] = []
+    sections = []
+    for name in names:
+        experiment = REGISTRY[name]
+        ctx = RunContext(
+            experiment, out_dir / name, mode=mode, seed=seed, data=data, progress=progress
+        )
+        ctx.save_config({"claim": experiment.claim, "source": experiment.source})
+        t0 = time.perf_counter()
+        result = experiment.run(ctx)
+        wall = time.perf_counter() - t0
+        section = section_html(name, experiment.source, result, ctx.config, wall)
+        (ctx.out_dir / "section.html").write_text(section)
+        write_json(
+            ctx.out_dir / "result.json",
+            {
+                "experiment": name,
+                "claim": result.claim,
+                "verdict": result.verdict,
+                "measured": result.measured,
+                "summary": result.summary,
+                "notes": result.notes,
+                "wall_time_s": wall,
+                "figures": [p.name for p in result.figures],
+            },
+        )
+        runs.append(ExperimentRun(name, result, wall, ctx.out_dir))
+        sections.append((name, result.verdict, wall, section))
+    total = time.perf_counter() - started
+    meta: dict[str, Any] = {
+        "normlab": normlab.__version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": mode,
+        "seed": seed,
+        "data": data,
+        "wall time": f"{total:.1f} s",
+    } | machine_description()
+    write_json(
+        out_dir / "run.json",
+        meta
+        | {
+            "experiments": [
+                {"name": r.name, "verdict": r.result.verdict, "wall_time_s": r.wall_time}
+                for r in runs
+            ],
+            "command": sys.argv,
+        },
+    )
+    report = out_dir / "report.html"
+    report.write_text(report_html(title, meta, sections))
+    return RunSummary(out_dir, report, runs, total)
