@@ -7,7 +7,6 @@ import numpy as np
 
 import normlab as nl
 from helpers.training import (
-    StatefulLoader,
     assert_same_optimizer_state,
     assert_same_state,
     blobs,
@@ -74,31 +73,67 @@ def _manual_steps(model, opt, loader, loss, steps: int) -> None:
 
 
 def test_manual_loop_resumed_mid_epoch_equals_uninterrupted(tmp_path) -> None:
-    """N steps, checkpoint (with the loader's and the dropout generator's state), fresh objects, N more."""
+    """N steps, checkpoint in the middle of an epoch (model, optimizer, the DataLoader's position and
+    generator, the dropout generator), fresh objects built from other seeds, N more steps == 2N steps."""
+    from normlab.data import DataLoader
+
     x, y = blobs(100)
-    steps = 5  # batches of 16: 7 per pass, so the checkpoint falls inside the first pass... and the
-    # loader draws a new permutation per pass, so its generator state must be restored exactly
+    n = 5  # batches of 16: 7 per epoch, so the checkpoint falls inside the first epoch
 
-    model = bn_mlp(seed=0, dropout=0.4)
-    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    _manual_steps(
-        model, opt, StatefulLoader(x, y, 16, seed=8), nn.CrossEntropyLoss(), 2 * steps + 7
-    )
+    def setup(seed: int):
+        model = bn_mlp(seed=seed, dropout=0.4)
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        return model, opt, DataLoader(x, y, batch_size=16, seed=seed)
 
-    first = bn_mlp(seed=0, dropout=0.4)
-    opt1 = optim.SGD(first.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    loader1 = StatefulLoader(x, y, 16, seed=8)
-    _manual_steps(first, opt1, loader1, nn.CrossEntropyLoss(), 7)  # one full pass
-    nl.save_checkpoint(tmp_path / "c.safetensors", first, opt1, epoch=1, loader=loader1)
+    model, opt, loader = setup(0)
+    _manual_steps(model, opt, loader, nn.CrossEntropyLoss(), 2 * n)
 
-    resumed = bn_mlp(seed=77, dropout=0.4)
-    opt2 = optim.SGD(resumed.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    loader2 = StatefulLoader(x, y, 16, seed=99)
-    nl.load_checkpoint(tmp_path / "c.safetensors", resumed, opt2, loader=loader2)
-    _manual_steps(resumed, opt2, loader2, nn.CrossEntropyLoss(), 2 * steps)
+    first, opt1, loader1 = setup(0)
+    _manual_steps(first, opt1, loader1, nn.CrossEntropyLoss(), n)
+    nl.save_checkpoint(tmp_path / "c.safetensors", first, opt1, epoch=0, loader=loader1)
+
+    resumed, opt2, loader2 = setup(77)
+    ckpt = nl.load_checkpoint(tmp_path / "c.safetensors", resumed, opt2, loader=loader2)
+    assert ckpt.loader_state["batch"] == n
+    _manual_steps(resumed, opt2, loader2, nn.CrossEntropyLoss(), n)
 
     assert_same_state(resumed, model)
     assert_same_optimizer_state(opt2, opt)
-    np.testing.assert_array_equal(
-        resumed[3].generator.random(4), model[3].generator.random(4)
-    )  # the dropout stream continues where it would have
+    # the dropout stream continues where the uninterrupted one is
+    np.testing.assert_array_equal(resumed[3].generator.random(4), model[3].generator.random(4))
+
+
+def test_fit_on_a_data_loader_resumed_equals_uninterrupted(tmp_path) -> None:
+    """With ``normlab.data.DataLoader`` as the batch source, ModelCheckpoint saves the loader's state too and
+    load_checkpoint(loader=...) restores it: the resumed epochs see the same batches."""
+    from normlab.data import DataLoader
+
+    x, y = blobs(90)
+    kwargs = {"epochs": 4, "seed": 5, "verbose": 0}
+
+    def setup(seed: int):
+        model = bn_mlp(seed=seed, dropout=0.3)
+        return (
+            model,
+            optim.RMSProp(model.parameters(), lr=0.01, momentum=0.5),
+            DataLoader(x, y, batch_size=16, seed=seed),
+        )
+
+    model, opt, loader = setup(0)
+    nl.fit(model, loader, optimizer=opt, **kwargs)
+
+    first, opt1, loader1 = setup(0)
+    nl.fit(
+        first,
+        loader1,
+        optimizer=opt1,
+        callbacks=[nl.ModelCheckpoint(tmp_path / "c.safetensors", every=3)],
+        **kwargs | {"epochs": 3},
+    )
+    resumed, opt2, loader2 = setup(31)
+    ckpt = nl.load_checkpoint(tmp_path / "c.safetensors", resumed, opt2, loader=loader2)
+    assert ckpt.epoch == 3 and ckpt.loader_state["batch_size"] == 16
+    nl.fit(resumed, loader2, optimizer=opt2, initial_epoch=ckpt.epoch, **kwargs)
+
+    assert_same_state(resumed, model)
+    assert_same_optimizer_state(opt2, opt)

@@ -48,32 +48,6 @@ def small_cnn(seed: int = 0) -> nn.Sequential:
     )
 
 
-class StatefulLoader:
-    """A minimal stand-in for a data loader with its own generator and ``state_dict`` (the interface of
-    ``normlab.data.DataLoader``): re-iterable, with ``len``, reshuffling on every pass."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.generator = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
-    def __iter__(self):
-        order = self.generator.permutation(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.bit_generator.state, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("batch_size") != self.batch_size:
-            raise ValueError(f"batch size {state.get('batch_size')} != {self.batch_size}")
-        self.generator.bit_generator.state = state["generator"]
-
-
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:
     """Bit-identical parameters and buffers."""
     sa, sb = a.state_dict(), b.state_dict()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import normlab as nl
-from helpers.training import StatefulLoader, assert_same_state, blobs, bn_mlp
+from helpers.training import assert_same_state, blobs, bn_mlp
 from normlab import is_grad_enabled, nn, optim
+from normlab.data import DataLoader
 
 
 class Recorder(nn.ReLU):
@@ -192,7 +193,7 @@ def test_fit_accepts_any_reiterable_batch_source() -> None:
     assert len(history.iterations) == 6
     assert [r["iteration"] for r in history.iterations] == list(range(6))
     assert set(history.epochs[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}
-    loader = StatefulLoader(x, y, 32, seed=0)
+    loader = DataLoader(x, y, batch_size=32, seed=0)  # normlab.data's loader
     nl.fit(model, loader, optimizer=optim.Adam(model.parameters()), epochs=2, verbose=0)
     assert nl.evaluate(model, loader)["accuracy"] > 0.5
 
