@@ -10,6 +10,7 @@ True
 
 from normlab import data, functional, nn, optim
 from normlab.backend import is_grad_enabled, no_grad
+from normlab.callbacks import Callback, EarlyStopping, LRSchedulerCallback, ModelCheckpoint
 from normlab.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -20,16 +21,7 @@ from normlab.checkpoint import (
     save_checkpoint,
 )
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
-from normlab.train import (
-    Callback,
-    EarlyStopping,
-    History,
-    LRSchedulerCallback,
-    ModelCheckpoint,
-    evaluate,
-    fit,
-    predict,
-)
+from normlab.train import History, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
