@@ -22,6 +22,8 @@ def test_readme_training_example_runs(tmp_path, monkeypatch, capsys) -> None:
     model, restored, x_test = namespace["model"], namespace["restored"], namespace["x_test"]
     nl = namespace["nl"]
     assert (nl.predict(restored, x_test) == nl.predict(model, x_test)).all()
-    assert nl.evaluate(model, x_test, namespace["test"].y)["accuracy"] > 0.93  # what the README claims
+    assert (
+        nl.evaluate(model, x_test, namespace["test"].y)["accuracy"] > 0.93
+    )  # what the README claims
     out = capsys.readouterr().out
     assert "Epoch 5/5" in out and "'accuracy': 0.95" in out
