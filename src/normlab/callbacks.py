@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from normlab.checkpoint import save_checkpoint
 from normlab.nn.module import Module
 from normlab.optim.lr_scheduler import LRScheduler
 from normlab.optim.optimizer import Optimizer
@@ -145,8 +146,6 @@ class ModelCheckpoint(Callback):
         self.saved: list[Path] = []
 
     def on_epoch_end(self, run: FitRun, epoch: int, logs: dict[str, float]) -> None:
-        from normlab.checkpoint import save_checkpoint  # checkpoint imports nothing from here
-
         completed = epoch + 1
         if completed % self.every:
             return
