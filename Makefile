@@ -28,7 +28,8 @@ lint: $(VENV)/.test
 	$(BIN)/ruff format --check $(LINTED)
 
 test: lint
-	$(BIN)/python -m pytest -n 2 -q
+	# one BLAS thread per test worker: two workers on two cores, no oversubscription
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks.run

@@ -8,20 +8,47 @@
 True
 """
 
-from normlab import data, functional, nn
+from normlab import data, functional, nn, optim
 from normlab.backend import is_grad_enabled, no_grad
+from normlab.callbacks import Callback, EarlyStopping, LRSchedulerCallback, ModelCheckpoint
+from normlab.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load,
+    load_checkpoint,
+    read_metadata,
+    save,
+    save_checkpoint,
+)
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
+from normlab.train import History, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
+    "Checkpoint",
+    "CheckpointError",
+    "EarlyStopping",
+    "History",
+    "LRSchedulerCallback",
+    "ModelCheckpoint",
     "__version__",
     "data",
+    "evaluate",
+    "fit",
     "freeze_batch_norm",
     "functional",
     "is_grad_enabled",
+    "load",
+    "load_checkpoint",
     "nn",
     "no_grad",
+    "optim",
+    "predict",
+    "read_metadata",
     "recalibrate_batch_norm",
+    "save",
+    "save_checkpoint",
     "unfreeze_batch_norm",
 ]

@@ -2,9 +2,9 @@
 losses and initializers."""
 
 from normlab.nn import init
+from normlab.nn.activation import GELU, ReLU, Sigmoid, Softmax, Tanh
 from normlab.nn.container import Sequential
 from normlab.nn.layers import (
-    GELU,
     AvgPool2d,
     CachedLayer,
     Conv2d,
@@ -12,10 +12,7 @@ from normlab.nn.layers import (
     Flatten,
     Linear,
     MaxPool2d,
-    ReLU,
-    Sigmoid,
-    Softmax,
-    Tanh,
+    dropout_generators,
 )
 from normlab.nn.lifecycle import (
     batch_norm_layers,
@@ -86,6 +83,7 @@ __all__ = [
     "Tanh",
     "batch_norm_layers",
     "build_module",
+    "dropout_generators",
     "freeze_batch_norm",
     "init",
     "module_spec",

@@ -188,6 +188,11 @@ class SequentialLR(LRScheduler):
         self.schedulers, self.milestones = schedulers, milestones
         super().__init__(optimizer, last_epoch)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for scheduler in self.schedulers:  # the children compute from the same base rates
+            scheduler.base_lrs = list(self.base_lrs)
+
     def lr_at(self, step: int) -> list[float]:
         k = bisect.bisect_right(self.milestones, step)
         start = self.milestones[k - 1] if k > 0 else 0

@@ -136,7 +136,12 @@ class Optimizer:
         All-or-nothing: the group layout, every state entry's name, shape and type are checked first; on any
         error an :class:`OptimizerStateError` is raised and the optimizer is left exactly as it was.
         """
-        groups, state = self._prepare_load(state_dict)
+        self._apply_load(*self._prepare_load(state_dict))
+
+    def _apply_load(
+        self, groups: list[dict[str, Any]], state: dict[Parameter, dict[str, Any]]
+    ) -> None:
+        """Install what :meth:`_prepare_load` validated (cannot fail)."""
         for group, saved in zip(self.param_groups, groups, strict=True):
             params = group["params"]
             group.clear()
