@@ -166,6 +166,108 @@ def _cmd_lab_run(args: argparse.Namespace) -> int:
     )
 
 
+# ------------------------------------------------------------------------------------------- train, eval
+def _cmd_train(args: argparse.Namespace) -> int:
+    import normlab as nl
+    from normlab.callbacks import ModelCheckpoint
+    from normlab.config import build_model, build_optimizer, load_config, load_data
+    from normlab.lab.base import write_json
+    from normlab.lab.runner import default_out_dir
+
+    cfg = load_config(args.config)
+    data = load_data(cfg)
+    model = build_model(cfg, data.n_inputs, data.n_classes)
+    optimizer = build_optimizer(cfg, model)
+    initial_epoch = 0
+    if args.resume:
+        checkpoint = nl.load_checkpoint(_existing(args.resume), model, optimizer)
+        initial_epoch = checkpoint.epoch
+        if initial_epoch >= cfg.epochs:
+            raise CLIError(
+                f"{args.resume}: already trained for {initial_epoch} epochs; the config asks for {cfg.epochs}"
+            )
+    out = Path(args.out) if args.out else default_out_dir(Path("runs") / "train")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.as_dict())  # `normlab eval` reads it back
+    write_json(
+        out / "run.json",
+        {"config_file": cfg.source, "resumed_from": args.resume, "command": sys.argv},
+    )
+    history = nl.fit(
+        model,
+        data.train.x,
+        data.train.y,
+        optimizer=optimizer,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        validation_data=(data.val.x, data.val.y),
+        callbacks=[
+            ModelCheckpoint(out / "checkpoint-epoch{epoch}.safetensors", every=cfg.checkpoint_every)
+        ],
+        verbose=0 if args.json else 1,
+        seed=cfg.seed,
+        initial_epoch=initial_epoch,
+    )
+    model_path = nl.save(model, out / "model.safetensors")
+    write_json(out / "history.json", history.to_dict())
+    test = nl.evaluate(model, data.test.x, data.test.y)
+    result = {
+        "model": str(model_path),
+        "out_dir": str(out),
+        "epochs": cfg.epochs,
+        "resumed_at_epoch": initial_epoch,
+        "last_epoch": history.epochs[-1] if history.epochs else {},
+        "test": test,
+    }
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"test: {_metrics_line(test)}")
+        print(f"model: {model_path}  (checkpoints in {out})")
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import normlab as nl
+    from normlab.config import as_model_input, load_config, load_data, reads_flat_input
+
+    path = _existing(args.checkpoint)
+    model = nl.load(path)
+    config_file = path.parent / "config.json"
+    if config_file.is_file():  # written by `normlab train` next to its checkpoints
+        cfg = load_config(config_file)
+        if args.data:
+            cfg.data["split"] = args.data
+        part = getattr(load_data(cfg), args.split)
+    else:
+        from normlab.data import load_mnist
+
+        part = as_model_input(
+            getattr(load_mnist(args.data or "sample"), args.split), reads_flat_input(model)
+        )
+    try:
+        metrics = nl.evaluate(model, part.x, part.y)
+    except ValueError as e:
+        raise CLIError(f"{path}: the model does not fit the {args.split} data: {e}") from None
+    metrics |= {"checkpoint": str(path), "split": args.split, "samples": len(part.y)}
+    if args.json:
+        _print_json(metrics)
+    else:
+        print(f"{path} on {len(part.y)} {args.split} samples: {_metrics_line(metrics)}")
+    return EXIT_OK
+
+
+def _existing(path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{path}: no such checkpoint file")
+    return p
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
 # ------------------------------------------------------------------------------------------- data, info
 def _cmd_data_download(args: argparse.Namespace) -> int:
     from normlab.data import download_mnist
@@ -241,6 +343,37 @@ def build_parser() -> argparse.ArgumentParser:
     lab_run.add_argument("--json", action="store_true", help="print the results as JSON")
     lab_run.set_defaults(func=_cmd_lab_run)
 
+    train = sub.add_parser(
+        "train",
+        help="train a model described by a config file (TOML/JSON), with checkpoints",
+        description="Train a model from a config (see normlab.config for the format), checkpointing every "
+        "few epochs; --resume continues from a checkpoint exactly where it stopped.",
+    )
+    train.add_argument("config", help="the config file (.toml or .json)")
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint")
+    train.add_argument(
+        "--out", metavar="DIR", help="run directory (default runs/train/<date-time>)"
+    )
+    train.add_argument(
+        "--json", action="store_true", help="print the results as JSON (no progress bar)"
+    )
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a saved model or checkpoint",
+        description="Evaluate a model or checkpoint on MNIST (or the data of the config.json next to it).",
+    )
+    evaluate.add_argument("checkpoint", help="a file written by `normlab train` or normlab.save")
+    evaluate.add_argument(
+        "--split", choices=["train", "val", "test"], default="test", help="default test"
+    )
+    evaluate.add_argument(
+        "--data", choices=["sample", "full"], help="MNIST sample (default) or full"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(func=_cmd_eval)
+
     data = sub.add_parser("data", help="data sets: download MNIST")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     download = data_sub.add_parser("download", help="download a data set and verify its checksums")
@@ -270,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_USAGE
+    from normlab.checkpoint import CheckpointError
     from normlab.data import DataError
 
     try:
@@ -280,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("normlab: interrupted", file=sys.stderr)
         return 130
-    except (DataError, OSError, ValueError, TypeError, KeyError) as e:
+    except (DataError, CheckpointError, OSError, ValueError, TypeError, KeyError) as e:
         if os.environ.get("NORMLAB_DEBUG"):
             raise
         print(f"normlab: error: {_one_line(e)}", file=sys.stderr)
