@@ -1,3 +1,7 @@
 """One module per experiment; importing this package registers them all (in this order)."""
 
-from normlab.lab.experiments import bn_vs_plain, init_scale  # noqa: F401
+from normlab.lab.experiments import (  # noqa: F401
+    bn_paper_mnist,
+    bn_vs_plain,
+    init_scale,
+)
