@@ -4,4 +4,5 @@ from normlab.lab.experiments import (  # noqa: F401
     bn_paper_mnist,
     bn_vs_plain,
     init_scale,
+    weight_scale,
 )
