@@ -4,5 +4,6 @@ from normlab.lab.experiments import (  # noqa: F401
     bn_paper_mnist,
     bn_vs_plain,
     init_scale,
+    learning_rate,
     weight_scale,
 )
