@@ -5,5 +5,6 @@ from normlab.lab.experiments import (  # noqa: F401
     bn_vs_plain,
     init_scale,
     learning_rate,
+    regularization,
     weight_scale,
 )
