@@ -118,6 +118,8 @@ def run(ctx: RunContext) -> Result:
         "Weight decay adds lambda * W to each weight's gradient (the gradient of lambda/2 * ||W||^2, as "
         "Saito's loss term), on the Linear weights only: not on biases, nor batch norm's scale and shift.",
         "All variants start from the same initial weights and see the same batches.",
+        "Read the gap with the accuracies: a variant that does not fit the training set (training accuracy "
+        "well below 100 %) has a small gap without generalising better; the table gives both.",
     ]
     if cfg["epochs"] != FULL["epochs"]:
         notes.append(f"Shortened: {cfg['epochs']} epochs instead of {FULL['epochs']}.")
