@@ -300,7 +300,8 @@ def _plot(ctx: RunContext, histories, typical_unit, threshold):
             title=f"({tag}) {label}: unit {unit} of the last hidden layer",
             ylim=y_range,
         )
-        ax.legend(fontsize=8, loc="upper left")
+        # below the panel: the band fills the axes
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     for ax in axes:
         ax.grid(alpha=0.3)
     return ctx.save_figure(fig, "fig1_accuracy_and_input_percentiles")
