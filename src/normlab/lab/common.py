@@ -122,3 +122,13 @@ def first_reaching(steps: Sequence[int], values: Sequence[float], threshold: flo
 
 def is_finite_loss(loss: float) -> bool:
     return bool(np.isfinite(loss))
+
+
+def he_normal_init(model: nn.Module, rng: np.random.Generator) -> nn.Module:
+    """Redraw every Linear weight of ``model`` from He's N(0, 2 / fan_in) and zero its bias: *Deep Learning
+    from Scratch*'s ``weight_init_std="relu"``, applied to every layer.  Returns ``model``."""
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            layer.weight.data = nn.init.kaiming_normal(layer.weight.shape, rng, nonlinearity="relu")
+            layer.bias.data = np.zeros(layer.weight.shape[0], np.float32)
+    return model

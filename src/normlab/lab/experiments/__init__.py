@@ -1,9 +1,14 @@
-"""One module per experiment; importing this package registers them all (in this order)."""
+"""One module per experiment; importing this package registers them all, in the order of EXPERIMENTS.md
+(the order `normlab lab list` shows and `normlab lab run all` runs)."""
 
-from normlab.lab.experiments import (  # noqa: F401
-    activations,
-    adaline,
-    bn_vs_plain,
-    eval_pitfalls,
-    init_scale,
-)
+# isort: off
+from normlab.lab.experiments import init_scale  # noqa: F401
+from normlab.lab.experiments import bn_vs_plain  # noqa: F401
+from normlab.lab.experiments import bn_paper_mnist  # noqa: F401
+from normlab.lab.experiments import weight_scale  # noqa: F401
+from normlab.lab.experiments import learning_rate  # noqa: F401
+from normlab.lab.experiments import regularization  # noqa: F401
+from normlab.lab.experiments import adaline  # noqa: F401
+from normlab.lab.experiments import eval_pitfalls  # noqa: F401
+from normlab.lab.experiments import activations  # noqa: F401
+# isort: on
