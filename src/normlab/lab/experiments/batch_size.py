@@ -117,6 +117,8 @@ def run(ctx: RunContext) -> Result:
 
     holds, measured = decide(errors["bn"], errors["gn"], cfg["margin"])
     batch_sizes = cfg["batch_sizes"]
+    # the steps a run takes if it does not diverge: the same for every normalizer
+    steps = {b: cfg["epochs"] * (len(y) // b) for b in batch_sizes}
     table = Table(
         "Validation error (%) by batch size (images per step)",
         ["normalizer", *[str(b) for b in batch_sizes], "smallest batch - best (pp)"],
@@ -127,7 +129,8 @@ def run(ctx: RunContext) -> Result:
                 round(100 * degradation(errors[norm]), 2),
             ]
             for norm in cfg["norms"]
-        ],
+        ]
+        + [["SGD steps", *[steps[b] for b in batch_sizes], ""]],
     )
     diverged = [f"{r['norm']} at batch {r['batch_size']}" for r in records if r["diverged"]]
     return Result(

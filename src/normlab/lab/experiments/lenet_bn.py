@@ -180,7 +180,7 @@ def _notes(
     notes = [
         f"Offline: MNIST instead of d2l's Fashion-MNIST: {n_train} training and {n_test} test images of "
         f"the {source}; {cfg['epochs']} epochs of batch {cfg['batch_size']} are {steps} steps (d2l: "
-        "60,000 images, about 2,350 steps).",
+        "60,000 images, about 2,350 steps; the full MNIST's 50,000 training images give about 1,960).",
         "d2l's reference (Fashion-MNIST, a harder data set): LeNet-BN training accuracy about 0.90, test "
         "accuracy 0.71-0.84 across runs; the numbers here are not comparable one to one.",
         "Plain LeNet is the same network without the BatchNorm layers (first Linear 256 -> 120) with d2l's "
