@@ -63,3 +63,15 @@ def test_small_cnn_maps_mnist_images_to_ten_logits(norm: str) -> None:
     model = small_cnn(norm, [8, 16], 4, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).random((2, 1, 28, 28), dtype=np.float32)
     assert model(x).shape == (2, 10)
+
+
+def test_same_seed_same_numbers(tmp_path) -> None:
+    from normlab.lab import run_experiments
+
+    def metrics(seed: int, where: str) -> str:
+        summary = run_experiments(["batch-size"], tmp_path / where, mode="tiny", seed=seed)
+        return (summary.out_dir / "batch-size" / "val_error.csv").read_text()
+
+    first = metrics(5, "a")
+    assert first == metrics(5, "b")
+    assert first != metrics(6, "c")

@@ -16,7 +16,6 @@ validation error each normalizer reaches at each batch size.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -110,7 +109,6 @@ def run(ctx: RunContext) -> Result:
                     "final_train_loss": outcome["epoch_losses"][-1],
                     "diverged": outcome["diverged"],
                     "val_error": val_error,
-                    "seconds": outcome["seconds"],
                 }
             )
     ctx.save_metrics("val_error", records)
@@ -226,7 +224,6 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     # every step sees exactly ``batch_size`` images; the same shuffles for every normalizer
     loader = DataLoader(x, y, batch_size=batch_size, shuffle=True, drop_last=True, seed=seed)
-    started = time.perf_counter()
     steps, epoch_losses, diverged = 0, [], False
     for _ in range(cfg["epochs"]):
         losses = []
@@ -243,7 +240,6 @@ def train(
         "steps": steps,
         "epoch_losses": epoch_losses,
         "diverged": diverged,
-        "seconds": time.perf_counter() - started,
     }
 
 
