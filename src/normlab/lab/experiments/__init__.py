@@ -6,9 +6,12 @@ from normlab.lab.experiments import init_scale  # noqa: F401
 from normlab.lab.experiments import bn_vs_plain  # noqa: F401
 from normlab.lab.experiments import bn_paper_mnist  # noqa: F401
 from normlab.lab.experiments import weight_scale  # noqa: F401
+from normlab.lab.experiments import batch_size  # noqa: F401
 from normlab.lab.experiments import learning_rate  # noqa: F401
 from normlab.lab.experiments import regularization  # noqa: F401
+from normlab.lab.experiments import cnn_trio  # noqa: F401
 from normlab.lab.experiments import adaline  # noqa: F401
 from normlab.lab.experiments import eval_pitfalls  # noqa: F401
 from normlab.lab.experiments import activations  # noqa: F401
+from normlab.lab.experiments import lenet_bn  # noqa: F401
 # isort: on
