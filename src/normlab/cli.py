@@ -118,7 +118,8 @@ def _print_results(summary) -> None:
     console.print(table)
     for r in summary.runs:
         console.print(f"[bold]{r.name}[/bold]: {r.result.measured}")
-    console.print(f"Report: {summary.report.resolve()}  (total {summary.wall_time:.1f} s)")
+    # plain print: the path must stay on one line, whatever the terminal width (scripts grep for it)
+    print(f"Report: {summary.report.resolve()}  (total {summary.wall_time:.1f} s)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
