@@ -50,4 +50,5 @@ def test_info_prints_the_data_cache(
 ) -> None:
     monkeypatch.setenv("NORMLAB_DATA", str(tmp_path / "cache"))
     assert main(["info"]) == 0
-    assert f"data cache {tmp_path / 'cache'}" in capsys.readouterr().out
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["data", "cache", str(tmp_path / "cache")] in lines
