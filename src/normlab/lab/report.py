@@ -38,7 +38,8 @@ ul.notes li { color: #5b6475; }
 
 
 def _cell(value: Any) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    # four significant digits, trailing zeros kept, so a column of accuracies lines up (0.9160, 1.000)
+    text = f"{value:#.4g}" if isinstance(value, float) else str(value)
     return html.escape(text)
 
 
