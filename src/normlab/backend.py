@@ -10,8 +10,8 @@ normlab computes with NumPy.  The dtype policy is the one rule every layer follo
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 

@@ -333,9 +333,7 @@ def layer_norm_forward(
     x = check_float_array(x, "layer_norm")
     k = len(normalized_shape)
     if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
-        raise ValueError(
-            f"layer_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}"
-        )
+        raise ValueError(f"layer_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}")
     return _normalize_forward(
         x,
         stat_shape=x.shape,

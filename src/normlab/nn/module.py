@@ -330,9 +330,7 @@ class Module:
                 errors.append(f"'{key}': cannot convert {type(given[key]).__name__} to an array ({exc})")
                 continue
             if value.shape != current.shape:
-                errors.append(
-                    f"'{key}': expected shape {current.shape}, got {value.shape}"
-                )
+                errors.append(f"'{key}': expected shape {current.shape}, got {value.shape}")
                 continue
             if current.dtype.kind == "f" and value.dtype.kind not in "fiu":
                 errors.append(f"'{key}': expected a floating-point array, got dtype {value.dtype}")
