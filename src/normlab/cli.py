@@ -64,6 +64,13 @@ def _info(args: argparse.Namespace) -> int:
     print(f"normlab {normlab.__version__}")
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.system()})")
     print(f"numpy {np.__version__}")
+    from normlab import kernels
+
+    try:
+        print(f"normalization kernels: {kernels.describe()}")
+    except (ImportError, ValueError) as exc:  # NORMLAB_KERNELS misspelled, or =numba without numba
+        print(f"normalization kernels: unavailable ({exc})")
+        return 1
     return 0
 
 
