@@ -400,20 +400,16 @@ def rows_forward(x, weight, bias, eps, center, y, shift, dmean, var, rstd):
 def rows_backward(dy, x, shift, dmean, rstd, weight, center, blocks, dx, dweight, dbias):
     """Layer/RMS norm backward over rows of x (R, D); parallel over blocks of rows.
 
-    Per row: Σ g and Σ g·x_c (g = weight * dy), then dx.  dweight/dbias (float64, (D,)) are column sums over
-    all rows, so each block adds into its own row of a (blocks, D) partial sum, merged at the end.
+    Per row: Σ g and Σ g·x_c (g = weight * dy) give the row's coefficients, then dx.  dweight/dbias (float64,
+    (D,)) are column sums over all rows, so each block adds into its own row of a (blocks, D) partial sum,
+    merged at the end.
     """
     d_ = x.shape[1]
     pw = np.empty((blocks, d_))
     pb = np.empty((blocks, d_))
     for k in prange(blocks):
         lo, hi = _block_rows(x.shape[0], blocks, k)
-        pwk = pw[k]
-        pbk = pb[k]
-        pwk[:] = 0.0
-        pbk[:] = 0.0
-        for r in range(lo, hi):
-            _row_backward(dy[r], x[r], dx[r], shift[r], dmean[r], rstd[r], weight, center, pwk, pbk)
+        _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, pw[k], pb[k])
     _sum_blocks(pw, dweight)
     _sum_blocks(pb, dbias)
 
@@ -431,18 +427,52 @@ def _row_grad_sums(dy, x, shift, dmean, weight):
 
 
 @njit(cache=True)
-def _row_backward(dy, x, dx, shift, dmean, rstd, weight, center, pw, pb):
-    d_ = x.shape[0]
+def _row_coefficients(dy, x, shift, dmean, rstd, weight, center):
+    """(b, k) of dx = rstd·weight·dy + b·x_c + k for one row, in x's dtype."""
     sg, sgx = _row_grad_sums(dy, x, shift, dmean, weight)
-    b, k = grad_coefficients(np.float64(rstd), sg, sgx, d_, True, center)
-    bt = x.dtype.type(b)
-    kt = x.dtype.type(k)
-    rs64 = np.float64(rstd)
-    for j in range(d_):
-        xc = (x[j] - shift) - dmean
-        dx[j] = rstd * weight[j] * dy[j] + bt * xc + kt
-        pw[j] += np.float64(dy[j]) * np.float64(xc) * rs64  # dweight: Σ over rows of dy·x̂
-        pb[j] += np.float64(dy[j])
+    b, k = grad_coefficients(np.float64(rstd), sg, sgx, x.shape[0], True, center)
+    return x.dtype.type(b), x.dtype.type(k)
+
+
+@njit(cache=True)
+def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, pw, pb):
+    """dx for rows lo..hi, and their parts of dweight (Σ dy·x̂) and dbias (Σ dy) added into pw, pb.
+
+    Four rows share one sweep over the columns, so pw and pb are loaded and stored once per four rows (the
+    sweep is bound by those float64 loads and stores otherwise).
+    """
+    pw[:] = 0.0
+    pb[:] = 0.0
+    i = lo
+    while i + 4 <= hi:
+        b0, k0 = _row_coefficients(dy[i], x[i], shift[i], dmean[i], rstd[i], weight, center)
+        b1, k1 = _row_coefficients(dy[i + 1], x[i + 1], shift[i + 1], dmean[i + 1], rstd[i + 1], weight, center)
+        b2, k2 = _row_coefficients(dy[i + 2], x[i + 2], shift[i + 2], dmean[i + 2], rstd[i + 2], weight, center)
+        b3, k3 = _row_coefficients(dy[i + 3], x[i + 3], shift[i + 3], dmean[i + 3], rstd[i + 3], weight, center)
+        r0, r1, r2, r3 = rstd[i], rstd[i + 1], rstd[i + 2], rstd[i + 3]
+        for j in range(x.shape[1]):
+            w = weight[j]
+            g0, g1, g2, g3 = dy[i, j], dy[i + 1, j], dy[i + 2, j], dy[i + 3, j]
+            x0 = (x[i, j] - shift[i]) - dmean[i]
+            x1 = (x[i + 1, j] - shift[i + 1]) - dmean[i + 1]
+            x2 = (x[i + 2, j] - shift[i + 2]) - dmean[i + 2]
+            x3 = (x[i + 3, j] - shift[i + 3]) - dmean[i + 3]
+            dx[i, j] = r0 * w * g0 + b0 * x0 + k0
+            dx[i + 1, j] = r1 * w * g1 + b1 * x1 + k1
+            dx[i + 2, j] = r2 * w * g2 + b2 * x2 + k2
+            dx[i + 3, j] = r3 * w * g3 + b3 * x3 + k3
+            pw[j] += (np.float64(g0 * (x0 * r0)) + np.float64(g1 * (x1 * r1))) + (
+                np.float64(g2 * (x2 * r2)) + np.float64(g3 * (x3 * r3))
+            )
+            pb[j] += (np.float64(g0) + np.float64(g1)) + (np.float64(g2) + np.float64(g3))
+        i += 4
+    for r in range(i, hi):
+        b, k = _row_coefficients(dy[r], x[r], shift[r], dmean[r], rstd[r], weight, center)
+        for j in range(x.shape[1]):
+            xc = (x[r, j] - shift[r]) - dmean[r]
+            dx[r, j] = rstd[r] * weight[j] * dy[r, j] + b * xc + k
+            pw[j] += np.float64(dy[r, j] * (xc * rstd[r]))
+            pb[j] += np.float64(dy[r, j])
 
 
 # ----------------------------------------------------------------------------------- group / instance norm
