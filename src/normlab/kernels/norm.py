@@ -39,7 +39,6 @@ from normlab.functional.norm import NormCache, NormGrads, Shape
 from normlab.kernels import _loops as L
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_BLOCKS_PER_THREAD = 4  # row blocks per thread for (N, C) batch norm and the row backward: balances load
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,8 @@ def _param(p: np.ndarray | None, size: int, dtype: np.dtype, fill: float) -> np.
 
 
 def _blocks(rows: int) -> int:
-    return max(1, min(rows, _BLOCKS_PER_THREAD * numba.get_num_threads()))
+    """Row blocks for the row-parallel loops: one per thread, so each thread streams one contiguous range."""
+    return max(1, min(rows, numba.get_num_threads()))
 
 
 def _inverse_std(var64: np.ndarray, eps: float) -> np.ndarray:
