@@ -26,8 +26,12 @@ hot), and so does a backward given a reference cache.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numba
@@ -67,7 +71,62 @@ class KernelNormCache:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _uses_reference(x: np.ndarray) -> bool:
-    return x.dtype not in _KERNEL_DTYPES or x.size == 0
+    """True where the reference takes over (float16, empty input); else makes sure the kernels are ready."""
+    if x.dtype not in _KERNEL_DTYPES or x.size == 0:
+        return True
+    _ensure_compiled(x.dtype)
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- compilation
+# numba compiles a kernel on its first call for a dtype and caches the machine code on disk.  That cache is
+# not safe against two processes compiling the same function at the same time (one process's index can end
+# up naming the other's machine code: "can't unbox array", or worse), which is exactly what a first
+# ``pytest -n 2`` does.  So the first use of a dtype in a process calls every kernel once on tiny inputs while
+# holding a file lock: one process compiles and writes the cache, the others wait and then load it.
+_ready: set[np.dtype] = set()
+
+
+@contextlib.contextmanager
+def _compile_lock() -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): compile without the lock
+        yield
+        return
+    path = os.path.join(tempfile.gettempdir(), f"normlab-kernels-{os.getuid()}.lock")
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _ensure_compiled(dtype: np.dtype) -> None:
+    if dtype in _ready:
+        return
+    with _compile_lock():
+        if dtype in _ready:
+            return
+        _ready.add(dtype)  # first: the calls below go through the public functions
+        try:
+            _exercise(dtype)
+        except BaseException:
+            _ready.discard(dtype)
+            raise
+
+
+def _exercise(dtype: np.dtype) -> None:
+    """Call every kernel once for ``dtype`` (the argument types real calls use), forward and backward."""
+    x = np.linspace(-1.0, 1.0, 24).astype(dtype)
+    stats = (np.zeros(4, dtype), np.ones(4, dtype))
+    for shape in ((6, 4), (2, 4, 3)):  # batch norm over rows and over planes
+        for training in (True, False):
+            _, cache = batch_norm_forward(x.reshape(shape), None, None, *stats, training=training)
+            _backward(x.reshape(shape), cache)
+    for _, cache in (layer_norm_forward(x.reshape(6, 4), (4,)), group_norm_forward(x.reshape(2, 4, 3), 2)):
+        _backward(x.reshape(cache.input_shape), cache)
 
 
 def _param(p: np.ndarray | None, size: int, dtype: np.dtype, fill: float) -> np.ndarray:
@@ -135,6 +194,7 @@ def batch_norm_forward(
     dt = x.dtype
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
+    eps = float(eps)  # one compiled signature, whatever scalar type the caller passes
     w, b = _param(weight, c, dt, 1.0), _param(bias, c, dt, 0.0)
     rows = s == 1  # (N, C): statistics per column of rows; else per channel of (N, C, S) planes
     xk = np.ascontiguousarray(x).reshape((n, c) if rows else (n, c, s))
@@ -209,6 +269,7 @@ def _rows_forward(
     dt = x.dtype
     d = math.prod(normalized_shape)
     r = x.size // d
+    eps = float(eps)
     w, b = _param(weight, d, dt, 1.0), _param(bias, d, dt, 0.0)
     xk = np.ascontiguousarray(x).reshape(r, d)
     y = np.empty_like(xk)
@@ -292,6 +353,7 @@ def _groups_forward(
     dt = x.dtype
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
+    groups, eps = int(groups), float(eps)
     w, b = _param(weight, c, dt, 1.0), _param(bias, c, dt, 0.0)
     xk = np.ascontiguousarray(x).reshape(n * groups, (c // groups) * s)
     y = np.empty_like(xk)
@@ -385,6 +447,7 @@ def instance_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -
 def _backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Closed-form gradients for every layout: one pass reducing Σdy and Σdy·x_c, one pass writing dx."""
     dy = check_float_array(dy, "normalization backward", "gradient")
+    _ensure_compiled(cache.x.dtype)
     if dy.shape != cache.input_shape:
         raise ValueError(
             f"normalization backward: expected a gradient of shape {cache.input_shape}, got {dy.shape}"
