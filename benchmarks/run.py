@@ -2,13 +2,16 @@
 
 For every row the three implementations (normlab, PyTorch CPU, naive NumPy) run in this one process,
 interleaved: each repetition times one call of each, in an order that rotates from one repetition to the
-next, so a slow spell of a shared machine hits all three alike.  The table reports medians, the ratios
-torch/normlab and naive/normlab (above 1: normlab is faster), and normlab's achieved bandwidth (bytes of the
-minimal algorithm / median time) against a memory copy measured in the same run.
+next, so a slow spell of a shared machine hits all three alike.  Each timed call follows an untimed call of
+the same implementation, as in a training loop where the thread pool is awake and the parameters are in
+cache; with ``--wait-idle`` each pair starts only once no other task runs on the machine.  The table
+reports medians, the ratios torch/normlab and naive/normlab (above 1: normlab is faster), and normlab's
+achieved bandwidth (bytes of the minimal algorithm / median time) against a memory copy measured in the same
+run.
 
 PyTorch runs with as many threads as numba (``torch.set_num_threads(numba.get_num_threads())``), float32,
-the same shapes and training-mode forward + backward.  A short pause before each timed call lets the
-previous implementation's OpenMP threads stop spinning (PyTorch and numba each bring their own pool).
+the same shapes and training-mode forward + backward.  A short pause before each pair lets the previous
+implementation's OpenMP threads stop spinning (PyTorch and numba each bring their own pool).
 """
 
 from __future__ import annotations
@@ -46,17 +49,35 @@ class Row:
         return self.case.bytes_moved / self.median_s["normlab"] / 1e9
 
 
-def _time_once(fn: Callable[[], object], settle_s: float) -> float:
-    if settle_s:
-        time.sleep(settle_s)
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _others_running() -> int:
+    """Runnable tasks on the machine besides this one (Linux /proc/stat; 0 where unknown)."""
+    try:
+        with open("/proc/stat") as f:
+            line = next(line for line in f if line.startswith("procs_running"))
+        return max(0, int(line.split()[1]) - 1)
+    except (OSError, StopIteration, ValueError):
+        return 0
 
 
-def measure(
-    fns: dict[str, Callable[[], object]], repeat: int, warmup: int, settle_s: float
-) -> dict[str, float]:
+class Pacer:
+    """Before each timed call: wait (up to ``wait_idle_s``) until no other task is running, then pause
+    ``settle_s`` so the previous implementation's OpenMP threads stop spinning.  Counts idle starts."""
+
+    def __init__(self, settle_s: float, wait_idle_s: float) -> None:
+        self.settle_s, self.wait_idle_s = settle_s, wait_idle_s
+        self.calls = self.idle = 0
+
+    def ready(self) -> None:
+        deadline = time.perf_counter() + self.wait_idle_s
+        while self.wait_idle_s and _others_running() and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        if self.settle_s:
+            time.sleep(self.settle_s)
+        self.calls += 1
+        self.idle += _others_running() == 0
+
+
+def measure(fns: dict[str, Callable[[], object]], repeat: int, warmup: int, pacer: Pacer) -> dict[str, float]:
     """Median seconds per implementation, timed round-robin with a rotating order."""
     names = [n for n in IMPLEMENTATIONS if n in fns]
     for name in names:
@@ -66,7 +87,11 @@ def measure(
     for r in range(repeat):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            times[name].append(_time_once(fns[name], settle_s))
+            pacer.ready()
+            fns[name]()  # untimed: wakes this implementation's thread pool and caches, as in a training loop
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
@@ -85,7 +110,12 @@ def copy_bandwidth(repeat: int) -> dict[str, float]:
     med = {}
     for name, fn in fns.items():
         fn()
-        med[name] = 2 * COPY_BYTES / statistics.median(_time_once(fn, 0.0) for _ in range(repeat)) / 1e9
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        med[name] = 2 * COPY_BYTES / statistics.median(runs) / 1e9
     return med
 
 
@@ -154,7 +184,8 @@ def markdown(rows: list[Row], info: dict[str, str], copy: dict[str, float], args
     )
     lines.append(
         f"- **method**: {args.repeat} interleaved repetitions, medians, {args.warmup} warm-up calls, "
-        f"{args.settle_ms} ms pause before each timed call; load average {info.get('load', '?')}"
+        f"{args.settle_ms} ms pause, then one untimed and one timed call; {info.get('idle', '')}; "
+        f"load average {info.get('load', '?')}"
     )
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * 7) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows, copy["numba"])]
@@ -184,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None, help="timed repetitions per row (default 21)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3)")
     parser.add_argument("--settle-ms", type=float, default=2.0, help="pause before each timed call")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a shared machine: before each timed call wait up to this long for no other task to run",
+    )
     parser.add_argument("--only", default="", help="run only rows whose name or group contains this")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as markdown to PATH")
     args = parser.parse_args(argv)
@@ -196,15 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(numba.get_num_threads())
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     copy = copy_bandwidth(max(5, args.repeat // 2))
+    pacer = Pacer(args.settle_ms / 1e3, args.wait_idle)
     rows = []
     for case in all_cases(args.quick):
         if args.only and args.only not in case.name and args.only not in case.group:
             continue
         print(f"  {case.name} ...", file=sys.stderr, flush=True)
-        rows.append(Row(case, measure(case.setup(), args.repeat, args.warmup, args.settle_ms / 1e3)))
+        rows.append(Row(case, measure(case.setup(), args.repeat, args.warmup, pacer)))
     info = machine()
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info["load"] = f"{load_start:.2f} at start, {load_end:.2f} at end (1-minute; the machine has 2 cores)"
+    info["idle"] = f"{pacer.idle} of {pacer.calls} timed calls started with no other task running"
     for k, v in info.items():
         print(f"{k}: {v}")
     print(f"memory copy 64 MiB: numba {copy['numba']:.1f} GB/s, NumPy {copy['numpy']:.1f} GB/s")

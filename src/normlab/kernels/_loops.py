@@ -70,14 +70,29 @@ def normalize(x, y, shift, dmean, scale, bias):
 
 @njit(cache=True, fastmath=_REDUCE)
 def grad_sums(dy, x, shift, dmean):
-    """(Σ dy, Σ dy * x_c) over a segment, x_c = (x - shift) - dmean recomputed, accumulated in float64."""
+    """(Σ dy, Σ dy * x_c) over a segment, x_c = (x - shift) - dmean recomputed.
+
+    The terms are centered (nothing large cancels), so they are summed 64 at a time in x's dtype (SIMD lanes)
+    and those partial sums accumulated in float64.  The variance's shifted sums (``shifted_sums``) stay float64
+    throughout: there the subtraction s2/n - δ² can cancel.
+    """
     sg = 0.0
     sgx = 0.0
-    for i in range(x.shape[0]):
-        xc = (x[i] - shift) - dmean
-        g = np.float64(dy[i])
+    n = x.shape[0]
+    i = 0
+    while i + 64 <= n:
+        a = dy.dtype.type(0.0)
+        b = dy.dtype.type(0.0)
+        for j in range(i, i + 64):
+            a += dy[j]
+            b += dy[j] * ((x[j] - shift) - dmean)
+        sg += np.float64(a)
+        sgx += np.float64(b)
+        i += 64
+    for j in range(i, n):
+        g = np.float64(dy[j])
         sg += g
-        sgx += g * np.float64(xc)
+        sgx += g * np.float64((x[j] - shift) - dmean)
     return sg, sgx
 
 
@@ -230,22 +245,22 @@ def _rows_shifted_sums(x, lo, hi, shift, p1, p2):
 
 @njit(cache=True)
 def _rows_grad_sums(dy, x, lo, hi, shift, dmean, p1, p2):
-    """p1[c] = Σ_i dy[i, c], p2[c] = Σ_i dy[i, c] x_c[i, c] over rows lo..hi, float64 (four rows a sweep)."""
+    """p1[c] = Σ_i dy[i, c], p2[c] = Σ_i dy[i, c] x_c[i, c] over rows lo..hi, four rows a sweep.
+
+    The terms are centered, so each sweep adds its four in x's dtype and only their sum in float64.
+    """
     p1[:] = 0.0
     p2[:] = 0.0
     i = lo
     while i + 4 <= hi:
         for c in range(x.shape[1]):
-            g0 = np.float64(dy[i, c])
-            g1 = np.float64(dy[i + 1, c])
-            g2 = np.float64(dy[i + 2, c])
-            g3 = np.float64(dy[i + 3, c])
-            x0 = np.float64((x[i, c] - shift[c]) - dmean[c])
-            x1 = np.float64((x[i + 1, c] - shift[c]) - dmean[c])
-            x2 = np.float64((x[i + 2, c] - shift[c]) - dmean[c])
-            x3 = np.float64((x[i + 3, c] - shift[c]) - dmean[c])
-            p1[c] += (g0 + g1) + (g2 + g3)
-            p2[c] += (g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3)
+            g0, g1, g2, g3 = dy[i, c], dy[i + 1, c], dy[i + 2, c], dy[i + 3, c]
+            x0 = (x[i, c] - shift[c]) - dmean[c]
+            x1 = (x[i + 1, c] - shift[c]) - dmean[c]
+            x2 = (x[i + 2, c] - shift[c]) - dmean[c]
+            x3 = (x[i + 3, c] - shift[c]) - dmean[c]
+            p1[c] += np.float64((g0 + g1) + (g2 + g3))
+            p2[c] += np.float64((g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3))
         i += 4
     for j in range(i, hi):
         for c in range(x.shape[1]):
@@ -427,10 +442,23 @@ def rows_backward(dy, x, shift, dmean, rstd, weight, center, blocks, dx, dweight
 
 @njit(cache=True, fastmath=_REDUCE)
 def _row_grad_sums(dy, x, shift, dmean, weight):
-    """(Σ weight·dy, Σ weight·dy·x_c) over one row, float64."""
+    """(Σ weight·dy, Σ weight·dy·x_c) over one row: products and 64-term partial sums in x's dtype (SIMD
+    lanes), the partial sums accumulated in float64."""
     sg = 0.0
     sgx = 0.0
-    for j in range(x.shape[0]):
+    n = x.shape[0]
+    i = 0
+    while i + 64 <= n:
+        a = x.dtype.type(0.0)
+        b = x.dtype.type(0.0)
+        for j in range(i, i + 64):
+            g = weight[j] * dy[j]
+            a += g
+            b += g * ((x[j] - shift) - dmean)
+        sg += np.float64(a)
+        sgx += np.float64(b)
+        i += 64
+    for j in range(i, n):
         g = np.float64(weight[j]) * np.float64(dy[j])
         sg += g
         sgx += g * np.float64((x[j] - shift) - dmean)
@@ -449,8 +477,8 @@ def _row_coefficients(dy, x, shift, dmean, rstd, weight, center):
 def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, pw, pb):
     """dx for rows lo..hi, and their parts of dweight (Σ dy·x̂) and dbias (Σ dy) added into pw, pb.
 
-    Four rows share one sweep over the columns, so pw and pb are loaded and stored once per four rows (the
-    sweep is bound by those float64 loads and stores otherwise).
+    Four rows share one sweep over the columns, so pw and pb are loaded, converted and stored once per four
+    rows (the sweep is bound by that float64 work otherwise).
     """
     pw[:] = 0.0
     pb[:] = 0.0
@@ -472,10 +500,9 @@ def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, 
             dx[i + 1, j] = r1 * w * g1 + b1 * x1 + k1
             dx[i + 2, j] = r2 * w * g2 + b2 * x2 + k2
             dx[i + 3, j] = r3 * w * g3 + b3 * x3 + k3
-            pw[j] += (np.float64(g0 * (x0 * r0)) + np.float64(g1 * (x1 * r1))) + (
-                np.float64(g2 * (x2 * r2)) + np.float64(g3 * (x3 * r3))
-            )
-            pb[j] += (np.float64(g0) + np.float64(g1)) + (np.float64(g2) + np.float64(g3))
+            # the four rows' terms are added in x's dtype, their sum in float64
+            pw[j] += np.float64((g0 * (x0 * r0) + g1 * (x1 * r1)) + (g2 * (x2 * r2) + g3 * (x3 * r3)))
+            pb[j] += np.float64((g0 + g1) + (g2 + g3))
         i += 4
     for r in range(i, hi):
         b, k = _row_coefficients(dy[r], x[r], shift[r], dmean[r], rstd[r], weight, center)
