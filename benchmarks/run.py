@@ -79,7 +79,7 @@ class Pacer:
 
 def measure(fns: dict[str, Callable[[], object]], repeat: int, warmup: int, pacer: Pacer) -> dict[str, float]:
     """Median seconds per implementation, timed round-robin with a rotating order."""
-    names = [n for n in IMPLEMENTATIONS if n in fns]
+    names = [n for n in IMPLEMENTATIONS if n in fns] or list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
@@ -95,8 +95,9 @@ def measure(fns: dict[str, Callable[[], object]], repeat: int, warmup: int, pace
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
-def copy_bandwidth(repeat: int) -> dict[str, float]:
-    """GB/s (bytes read + written) of copying a 64 MiB float32 array: NumPy (one thread) and numba (all)."""
+def copy_bandwidth(repeat: int, pacer: Pacer) -> dict[str, float]:
+    """GB/s (bytes read + written) of copying a 64 MiB float32 array: NumPy (one thread) and numba (all),
+    timed like the rows (paced, a warm call before each timed one)."""
     import numba
 
     @numba.njit(parallel=True, cache=False)
@@ -107,16 +108,7 @@ def copy_bandwidth(repeat: int) -> dict[str, float]:
     src = np.ones(COPY_BYTES // 4, dtype=np.float32)
     dst = np.empty_like(src)
     fns = {"numpy": lambda: np.copyto(dst, src), "numba": lambda: parallel_copy(src, dst)}
-    med = {}
-    for name, fn in fns.items():
-        fn()
-        runs = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - start)
-        med[name] = 2 * COPY_BYTES / statistics.median(runs) / 1e9
-    return med
+    return {name: 2 * COPY_BYTES / s / 1e9 for name, s in measure(fns, repeat, 1, pacer).items()}
 
 
 def machine() -> dict[str, str]:
@@ -233,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(numba.get_num_threads())
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    copy = copy_bandwidth(max(5, args.repeat // 2))
     pacer = Pacer(args.settle_ms / 1e3, args.wait_idle)
+    copy = copy_bandwidth(max(5, args.repeat // 2), pacer)
     rows = []
     for case in all_cases(args.quick):
         if args.only and args.only not in case.name and args.only not in case.group:

@@ -55,8 +55,8 @@ class KernelNormCache:
     shift: np.ndarray  # per statistic, compute dtype: the value subtracted before summing
     dmean: np.ndarray  # per statistic, compute dtype: mean - shift
     rstd: np.ndarray  # per statistic, compute dtype: 1 / sqrt(var + eps), 0 where var + eps == 0
-    mean: np.ndarray  # the mean used, keepdims in the statistics view (zeros for RMS norm)
-    var: np.ndarray  # the biased variance used (mean square for RMS norm), keepdims
+    variance: np.ndarray  # per statistic, compute dtype: the biased variance (mean square for RMS norm)
+    stats_view: Shape  # the keepdims shape of the statistics, as the reference reports them
     count: int  # how many values each statistic was taken over
     input_shape: Shape
     input_dtype: np.dtype
@@ -67,6 +67,17 @@ class KernelNormCache:
     input_stats: bool  # statistics came from this input (so dx has the mean and variance terms)
     groups: int  # group norm: G; instance norm: C; otherwise 1
     segment: int  # values per channel segment: S for "bn_planes" and "groups"
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The mean used, keepdims in the statistics view (zeros for RMS norm); made when asked for."""
+        mean = self.shift + self.dmean if self.center else np.zeros_like(self.shift)
+        return mean.reshape(self.stats_view)
+
+    @property
+    def var(self) -> np.ndarray:
+        """The biased variance used (mean square for RMS norm), keepdims in the statistics view."""
+        return self.variance.reshape(self.stats_view)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -149,22 +160,22 @@ def _inverse_std(var64: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _make_cache(layout: str, x: np.ndarray, stats: dict[str, np.ndarray], view: Shape, **kw) -> KernelNormCache:
-    dtype = stats["shift"].dtype
-    mean = (stats["shift"] + stats["dmean"]) if kw["center"] else np.zeros_like(stats["shift"])
     return KernelNormCache(
         layout=layout,
         x=x,
         shift=stats["shift"],
         dmean=stats["dmean"],
         rstd=stats["rstd"],
-        mean=mean.astype(dtype, copy=False).reshape(view),
-        var=stats["var"].astype(dtype, copy=False).reshape(view),
+        variance=stats["var"],
+        stats_view=view,
         **kw,
     )
 
 
 def _empty_stats(size: int, dtype: np.dtype) -> dict[str, np.ndarray]:
-    return {name: np.empty(size, dtype=dtype) for name in ("shift", "dmean", "var", "rstd")}
+    """Per-statistic outputs of a forward kernel, as rows of one (4, size) allocation."""
+    block = np.empty((4, size), dtype=dtype)
+    return {"shift": block[0], "dmean": block[1], "var": block[2], "rstd": block[3]}
 
 
 def _param_shape(weight: np.ndarray | None, bias: np.ndarray | None) -> Shape | None:
