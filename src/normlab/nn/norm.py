@@ -1,4 +1,7 @@
-"""Normalization layers: thin holders of parameters, running statistics and mode around ``functional.norm``.
+"""Normalization layers: thin holders of parameters, running statistics and mode around the normalization ops.
+
+The ops are :func:`normlab.kernels.ops`: the fused numba kernels by default, the readable ``functional.norm``
+reference with ``NORMLAB_KERNELS=reference`` (the two are tested equal).
 
 Names, arguments, defaults and state-dict keys are PyTorch's, so weights move between the two as a plain dict
 of arrays.  Conventions (see ``CONVENTIONS.md``):
