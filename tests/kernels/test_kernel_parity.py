@@ -285,3 +285,17 @@ def test_bad_input_raises_like_the_reference():
     _, cache = K.batch_norm_forward(x)
     with pytest.raises(ValueError, match="expected a gradient of shape"):
         K.batch_norm_backward(x[:2], cache)
+
+
+@pytest.mark.parametrize("shape", [(6, 7), (3, 7, 5)])
+def test_read_only_input_and_gradient(shape):
+    """Read-only arrays (np.broadcast_to, memory maps) work and give the reference's numbers."""
+    x = make(shape, np.float32)
+    dy = make(shape, np.float32, seed=2)
+    x.flags.writeable = False
+    dy.flags.writeable = False
+    w, b = params(shape[1], np.float32, "both")
+    w.flags.writeable = False
+    check_op("batch_norm", np.float32, dy, x, w, b)
+    check_op("layer_norm", np.float32, dy, x, shape[1:], make(shape[1:], np.float32, seed=3))
+    check_op("group_norm", np.float32, dy, x, 1, w, b)

@@ -16,9 +16,9 @@ group norm          (N*G, C/G*S) rows               each row, affine per channel
 instance norm       (N*C, S) rows (group norm G=C)  each row / rows; eval mode uses the batch norm planes
 ==================  =============================  ==========================================================
 
-The cache keeps the input itself (no copy; made contiguous if it was not) and, per statistic, the shift, the
-shifted mean and 1/std: backward recomputes the normalized input from them instead of reading a stored one.
-Do not modify the input in place between forward and backward.
+The cache keeps the input itself (no copy, unless it was not contiguous or read-only) and, per statistic, the
+shift, the shifted mean and 1/std: backward recomputes the normalized input from them instead of reading a
+stored one.  Do not modify the input in place between forward and backward.
 
 float16 input and empty input go to the reference implementation (the numbers are the same; nothing there is
 hot), and so does a backward given a reference cache.
@@ -144,7 +144,15 @@ def _param(p: np.ndarray | None, size: int, dtype: np.dtype, fill: float) -> np.
     """A parameter as a flat contiguous array of the compute dtype; ``fill`` (1 or 0) when absent."""
     if p is None:
         return np.full(size, fill, dtype=dtype)
-    return np.ascontiguousarray(np.asarray(p, dtype=dtype).reshape(size))
+    return _kernel_array(np.asarray(p, dtype=dtype).reshape(size))
+
+
+def _kernel_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as the kernels are compiled for: C-contiguous and writeable (a read-only array would be another
+    numba type, compiled again at run time); copied only where it is neither already."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")
 
 
 def _blocks(rows: int) -> int:
@@ -208,7 +216,7 @@ def batch_norm_forward(
     eps = float(eps)  # one compiled signature, whatever scalar type the caller passes
     w, b = _param(weight, c, dt, 1.0), _param(bias, c, dt, 0.0)
     rows = s == 1  # (N, C): statistics per column of rows; else per channel of (N, C, S) planes
-    xk = np.ascontiguousarray(x).reshape((n, c) if rows else (n, c, s))
+    xk = _kernel_array(x).reshape((n, c) if rows else (n, c, s))
     y = np.empty_like(xk)
     if training:
         stats = _empty_stats(c, dt)
@@ -282,7 +290,7 @@ def _rows_forward(
     r = x.size // d
     eps = float(eps)
     w, b = _param(weight, d, dt, 1.0), _param(bias, d, dt, 0.0)
-    xk = np.ascontiguousarray(x).reshape(r, d)
+    xk = _kernel_array(x).reshape(r, d)
     y = np.empty_like(xk)
     stats = _empty_stats(r, dt)
     L.rows_forward(xk, w, b, eps, center, y, stats["shift"], stats["dmean"], stats["var"], stats["rstd"])
@@ -366,7 +374,7 @@ def _groups_forward(
     s = math.prod(x.shape[2:])
     groups, eps = int(groups), float(eps)
     w, b = _param(weight, c, dt, 1.0), _param(bias, c, dt, 0.0)
-    xk = np.ascontiguousarray(x).reshape(n * groups, (c // groups) * s)
+    xk = _kernel_array(x).reshape(n * groups, (c // groups) * s)
     y = np.empty_like(xk)
     stats = _empty_stats(n * groups, dt)
     L.groups_forward(xk, groups, s, w, b, eps, y, stats["shift"], stats["dmean"], stats["var"], stats["rstd"])
@@ -465,7 +473,7 @@ def _backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
         )
     xk = cache.x
     dt = xk.dtype
-    g = np.ascontiguousarray(dy, dtype=dt).reshape(xk.shape)
+    g = _kernel_array(dy.astype(dt, copy=False)).reshape(xk.shape)
     dx = np.empty_like(xk)
     w = cache.weight if cache.weight is not None else np.ones(_param_size(cache), dtype=dt)
     dweight = np.empty(w.shape[0])
