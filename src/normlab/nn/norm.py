@@ -1,4 +1,7 @@
-"""Normalization layers: thin holders of parameters, running statistics and mode around ``functional.norm``.
+"""Normalization layers: thin holders of parameters, running statistics and mode around the normalization ops.
+
+The ops are :func:`normlab.kernels.ops`: the fused numba kernels by default, the readable ``functional.norm``
+reference with ``NORMLAB_KERNELS=reference`` (the two are tested equal).
 
 Names, arguments, defaults and state-dict keys are PyTorch's, so weights move between the two as a plain dict
 of arrays.  Conventions (see ``CONVENTIONS.md``):
@@ -36,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from normlab import functional as F
+from normlab import kernels
 from normlab.backend import as_param_dtype, check_float_array, is_grad_enabled
-from normlab.functional.norm import NormCache, NormGrads
+from normlab.functional.norm import NormGrads
 from normlab.nn.module import Module, Parameter
 from normlab.nn.registry import dtype_name
 
@@ -83,13 +87,18 @@ def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
 
 
 class _Normalization(Module):
-    """What every normalization layer shares: the cache between forward and backward, and backward itself."""
+    """What every normalization layer shares: the cache between forward and backward, and backward itself.
 
-    _backward_fn: Callable[[np.ndarray, NormCache], NormGrads]
+    Forward calls the active ops (:func:`normlab.kernels.ops`: the numba kernels or the NumPy reference) and
+    keeps the cache together with the backward of the same ops, so a backward always matches its forward.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: NormCache | None = None
+        self._cache: Any = (
+            None  # NormCache or KernelNormCache: what the forward's ops need for backward
+        )
+        self._backward_op: Callable[[np.ndarray, Any], NormGrads] | None = None
 
     def _label(self) -> str:
         return type(self).__name__
@@ -97,8 +106,9 @@ class _Normalization(Module):
     def _check_float(self, x: Any) -> np.ndarray:
         return check_float_array(x, self._label())
 
-    def _keep(self, cache: NormCache) -> None:
+    def _keep(self, cache: Any, backward: Callable[[np.ndarray, Any], NormGrads]) -> None:
         self._cache = cache if is_grad_enabled() else None
+        self._backward_op = backward if is_grad_enabled() else None
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Return dL/dx for the last forward and accumulate dL/dweight, dL/dbias into ``.grad``."""
@@ -113,8 +123,9 @@ class _Normalization(Module):
                 f"{self._label()}: expected a gradient of shape {self._cache.input_shape} "
                 f"(the output's), got {dy.shape}"
             )
-        grads = type(self)._backward_fn(dy, self._cache)
-        self._cache = None
+        assert self._backward_op is not None
+        grads = self._backward_op(dy, self._cache)
+        self._cache = self._backward_op = None
         weight: Parameter | None = self._parameters.get("weight")
         bias: Parameter | None = self._parameters.get("bias")
         if weight is not None and grads.dweight is not None:
@@ -293,15 +304,14 @@ class _BatchNorm(_NormBase):
         dtype: dtype of parameters and running statistics (float32 by default).
     """
 
-    _backward_fn = staticmethod(F.batch_norm_backward)
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
         self._check_channels(x)
         use_batch_stats = self.training or not self.track_running_stats
+        ops = kernels.ops()
         if x.size == 0:  # empty batch: empty output, no statistics, no buffer touched
-            y, cache = F.batch_norm_forward(x, self._w(), self._b(), training=True, eps=self.eps)
-            self._keep(cache)
+            y, cache = ops.batch_norm_forward(x, self._w(), self._b(), training=True, eps=self.eps)
+            self._keep(cache, ops.batch_norm_backward)
             return y
         count = x.size // self.num_features
         if use_batch_stats and count < 2:
@@ -309,7 +319,7 @@ class _BatchNorm(_NormBase):
                 f"{self._label()}: expected more than 1 value per channel when using batch statistics "
                 f"(training), got input of shape {x.shape}"
             )
-        y, cache = F.batch_norm_forward(
+        y, cache = ops.batch_norm_forward(
             x,
             self._w(),
             self._b(),
@@ -321,7 +331,7 @@ class _BatchNorm(_NormBase):
         if self.training and self.track_running_stats:
             var = self._store_variance(cache.var.reshape(-1), count)
             self._update_running_stats(cache.mean.reshape(-1), var)
-        self._keep(cache)
+        self._keep(cache, ops.batch_norm_backward)
         return y
 
     def _w(self) -> np.ndarray | None:
@@ -356,8 +366,6 @@ class _InstanceNorm(_NormBase):
     eval mode uses them; in training their update averages the per-instance statistics over the batch.
     Unbatched input (without N) is accepted.
     """
-
-    _backward_fn = staticmethod(F.instance_norm_backward)
 
     def __init__(
         self,
@@ -394,7 +402,8 @@ class _InstanceNorm(_NormBase):
             )
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        y, cache = F.instance_norm_forward(
+        ops = kernels.ops()
+        y, cache = ops.instance_norm_forward(
             xb,
             w,
             b,
@@ -408,7 +417,7 @@ class _InstanceNorm(_NormBase):
             instance_mean = cache.mean.reshape(xb.shape[:2])
             instance_var = self._store_variance(cache.var.reshape(xb.shape[:2]), count)
             self._update_running_stats(instance_mean.mean(axis=0), instance_var.mean(axis=0))
-        self._keep(cache)
+        self._keep(cache, ops.instance_norm_backward)
         self._unbatched = unbatched
         return y[0] if unbatched else y
 
@@ -445,8 +454,6 @@ class LayerNorm(_Normalization):
     Same in training and eval (no running statistics).  ``weight`` (init 1) and ``bias`` (init 0) have
     ``normalized_shape``; ``bias=False`` keeps only the weight.
     """
-
-    _backward_fn = staticmethod(F.layer_norm_backward)
 
     def __init__(
         self,
@@ -500,14 +507,15 @@ class LayerNorm(_Normalization):
                 f"{self._label()}: expected input whose trailing dimensions are {self.normalized_shape}, "
                 f"got input of shape {x.shape}"
             )
-        y, cache = F.layer_norm_forward(
+        ops = kernels.ops()
+        y, cache = ops.layer_norm_forward(
             x,
             self.normalized_shape,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.eps,
         )
-        self._keep(cache)
+        self._keep(cache, ops.layer_norm_backward)
         return y
 
     def extra_repr(self) -> str:
@@ -522,8 +530,6 @@ class RMSNorm(_Normalization):
     ``eps=None`` uses the machine epsilon of the input's dtype (as PyTorch).  ``weight`` (init 1) has
     ``normalized_shape``; there is no bias.
     """
-
-    _backward_fn = staticmethod(F.rms_norm_backward)
 
     def __init__(
         self,
@@ -566,8 +572,9 @@ class RMSNorm(_Normalization):
                 f"got input of shape {x.shape}"
             )
         w = None if self.weight is None else self.weight.data
-        y, cache = F.rms_norm_forward(x, self.normalized_shape, w, self.eps)
-        self._keep(cache)
+        ops = kernels.ops()
+        y, cache = ops.rms_norm_forward(x, self.normalized_shape, w, self.eps)
+        self._keep(cache, ops.rms_norm_backward)
         return y
 
     def extra_repr(self) -> str:
@@ -581,8 +588,6 @@ class GroupNorm(_Normalization):
     normalized over its channels and spatial positions.  Independent of the batch size; same in training and
     eval.  ``weight`` (init 1) and ``bias`` (init 0) are per channel.  Input (N, C, *).
     """
-
-    _backward_fn = staticmethod(F.group_norm_backward)
 
     def __init__(
         self,
@@ -642,14 +647,15 @@ class GroupNorm(_Normalization):
                 f"{self._label()}: each group holds a single value for input of shape {x.shape}; "
                 "the output would be the bias whatever the input"
             )
-        y, cache = F.group_norm_forward(
+        ops = kernels.ops()
+        y, cache = ops.group_norm_forward(
             x,
             self.num_groups,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.eps,
         )
-        self._keep(cache)
+        self._keep(cache, ops.group_norm_backward)
         return y
 
     def extra_repr(self) -> str:

@@ -1,0 +1,46 @@
+"""What a benchmark row is, and where the runner finds rows.
+
+A :class:`Case` names its shape and the bytes the minimal algorithm moves; ``setup()`` builds the inputs
+once and returns ``{"normlab": fn, "torch": fn, "naive": fn}`` of zero-argument callables, each doing one
+complete unit of work (for the normalization rows, one training forward + backward).  ``"naive"`` may be
+missing where no naive baseline makes sense (e.g. an end-to-end epoch); the runner then leaves its column
+empty.
+
+To add rows (for instance the end-to-end epoch rows of issue 6, once the layers and the training loop exist),
+write a module with a ``cases(quick: bool) -> list[Case]`` function and add it to :data:`PROVIDERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+IMPLEMENTATIONS = ("normlab", "torch", "naive")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # the row label, e.g. "BN (4096, 1024)"
+    group: (
+        str  # what is measured, e.g. "batch_norm"; the runner's --only filter matches name or group
+    )
+    shape: tuple[int, ...]
+    bytes_moved: (
+        int  # bytes read + written by the minimal algorithm, for GB/s (0: not a bandwidth row)
+    )
+    setup: Callable[[], dict[str, Callable[[], object]]]
+
+
+# modules with a ``cases(quick)`` function, in table order
+PROVIDERS = [
+    "benchmarks.norm_cases",
+    # "benchmarks.epoch_cases",  # hook: the end-to-end epoch rows (MLP, LeNet-BN) go here with issue 3
+]
+
+
+def all_cases(quick: bool = False) -> list[Case]:
+    rows: list[Case] = []
+    for name in PROVIDERS:
+        rows.extend(importlib.import_module(name).cases(quick))
+    return rows
