@@ -50,6 +50,11 @@ def mnist(ctx: RunContext, *, images: bool = False) -> MnistData:
     return MnistData(prepare(splits.train), prepare(splits.val), prepare(splits.test), source)
 
 
+def first(part: Labeled, count: int | None) -> Labeled:
+    """The first ``count`` samples of ``part`` (all of them for ``None``), in file order."""
+    return part if count is None else Labeled(part.x[:count], part.y[:count])
+
+
 def mlp(
     sizes: Sequence[int],
     *,

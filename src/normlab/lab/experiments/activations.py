@@ -18,7 +18,7 @@ import normlab as nl
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, mlp, mnist, train_step
+from normlab.lab.common import accuracy, first, mlp, mnist, train_step
 
 FULL = {
     "hidden": [100, 100, 100, 100, 100],
@@ -52,9 +52,7 @@ MOMENTS = ("initialisation", "after training")
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x, y = data.train.x, data.train.y
-    if cfg["train_limit"]:
-        x, y = x[: cfg["train_limit"]], y[: cfg["train_limit"]]
+    x, y = first(data.train, cfg["train_limit"])
     probe = x[: cfg["histogram_images"]]
 
     activations: dict[tuple[str, str, str], list[np.ndarray]] = {}

@@ -23,7 +23,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, is_finite_loss, mnist, train_step
+from normlab.lab.common import accuracy, first, is_finite_loss, mnist, train_step
 
 FULL = {
     "channels": [8, 16],
@@ -86,8 +86,8 @@ PUBLISHED_ERROR = {
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx, images=True)
-    x, y = _first(data.train.x, cfg["train_images"]), _first(data.train.y, cfg["train_images"])
-    x_val, y_val = _first(data.val.x, cfg["val_images"]), _first(data.val.y, cfg["val_images"])
+    x, y = first(data.train, cfg["train_images"])
+    x_val, y_val = first(data.val, cfg["val_images"])
 
     records = []
     errors: dict[str, dict[int, float]] = {norm: {} for norm in cfg["norms"]}
@@ -241,10 +241,6 @@ def train(
         "epoch_losses": epoch_losses,
         "diverged": diverged,
     }
-
-
-def _first(array: np.ndarray, count: int | None) -> np.ndarray:
-    return array if count is None else array[:count]
 
 
 def _notes(cfg, source: str, n_train: int, n_val: int, diverged: list[str]) -> list[str]:

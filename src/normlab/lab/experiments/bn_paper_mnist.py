@@ -24,7 +24,7 @@ import normlab as nl
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import ACTIVATIONS, first_reaching, mlp, mnist, train_step
+from normlab.lab.common import ACTIVATIONS, first, first_reaching, mlp, mnist, train_step
 
 FULL = {
     "hidden": [100, 100, 100],
@@ -89,9 +89,7 @@ def decide(
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x, y = data.train.x, data.train.y
-    if cfg["train_limit"]:
-        x, y = x[: cfg["train_limit"]], y[: cfg["train_limit"]]
+    x, y = first(data.train, cfg["train_limit"])
     histories = {
         label: _train(ctx, norm, x, y, data.test.x, data.test.y)
         for norm, label in ((None, PLAIN), ("bn", BN))

@@ -13,7 +13,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first_reaching, mlp, mnist, train_step
+from normlab.lab.common import accuracy, first, first_reaching, mlp, mnist, train_step
 
 FULL = {
     "hidden": [128, 64],
@@ -40,9 +40,7 @@ TINY = FULL | {"epochs": 1, "train_limit": 400, "validate_every": 5}
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x_all, y_all = data.train.x, data.train.y
-    if cfg["train_limit"]:
-        x_all, y_all = x_all[: cfg["train_limit"]], y_all[: cfg["train_limit"]]
+    x_all, y_all = first(data.train, cfg["train_limit"])
     # like Keras's validation_split: the last 20 % (before any shuffling) is held out
     cut = round(len(y_all) * (1 - cfg["validation_split"]))
     x, y, x_val, y_val = x_all[:cut], y_all[:cut], x_all[cut:], y_all[cut:]

@@ -24,7 +24,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, is_finite_loss, mnist
+from normlab.lab.common import accuracy, first, is_finite_loss, mnist
 
 MODELS = ("logistic", "wide", "deep")
 MODEL_NAMES = {"logistic": "logistic regression", "wide": "wide", "deep": "deep"}
@@ -60,8 +60,8 @@ TINY = FULL | {"epochs": 1, "train_images": 50, "val_images": 100}
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx, images=True)
-    x, y = _first(data.train.x, cfg["train_images"]), _first(data.train.y, cfg["train_images"])
-    x_val, y_val = _first(data.val.x, cfg["val_images"]), _first(data.val.y, cfg["val_images"])
+    x, y = first(data.train, cfg["train_images"])
+    x_val, y_val = first(data.val, cfg["val_images"])
 
     records = []
     histories: dict[tuple[str, bool], list[float]] = {}
@@ -230,10 +230,6 @@ def train(model, x, y, x_val, y_val, lr: float, cfg, seed: int) -> list[dict]:
         if diverged:
             break
     return epochs
-
-
-def _first(array: np.ndarray, count: int | None) -> np.ndarray:
-    return array if count is None else array[:count]
 
 
 def _notes(cfg, source: str, n_train: int, n_val: int, diverged: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ import normlab as nl
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, mlp, mnist, train_step
+from normlab.lab.common import accuracy, first, mlp, mnist, train_step
 
 FULL = {
     "channels": [8, 16],  # Conv 5x5/2 -> BN -> ReLU -> Conv 3x3/2 -> BN -> ReLU -> Linear
@@ -73,8 +73,8 @@ def train_mode_label(batch_size: int) -> str:
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx, images=True)
-    x, y = limit(data.train.x, data.train.y, cfg["train_limit"])
-    x_test, y_test = limit(data.test.x, data.test.y, cfg["test_limit"])
+    x, y = first(data.train, cfg["train_limit"])
+    x_test, y_test = first(data.test, cfg["test_limit"])
 
     model = small_cnn(cfg["channels"], ctx.rng(0))
     history = train(model, x, y, cfg, ctx)
@@ -153,10 +153,6 @@ def run(ctx: RunContext) -> Result:
         notes=notes,
         summary={"accuracy": accuracies, "restored_eval_accuracy": restored},
     )
-
-
-def limit(x: np.ndarray, y: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    return (x, y) if n is None else (x[:n], y[:n])
 
 
 def small_cnn(channels: list[int], rng: np.random.Generator) -> nn.Sequential:

@@ -12,7 +12,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, mlp, mnist, train_step
+from normlab.lab.common import accuracy, first, mlp, mnist, train_step
 
 FULL = {
     "train_images": 1000,
@@ -39,7 +39,7 @@ TINY = FULL | {"train_images": 200, "weight_scales": [1.0, 0.01], "epochs": 2}
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x, y = data.train.x[: cfg["train_images"]], data.train.y[: cfg["train_images"]]
+    x, y = first(data.train, cfg["train_images"])
     sizes = [x.shape[1], *cfg["hidden"], 10]
     records = []
     curves: dict[tuple[float, str], list[float]] = {}

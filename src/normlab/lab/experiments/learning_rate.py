@@ -21,7 +21,15 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, he_normal_init, is_finite_loss, mlp, mnist, train_step
+from normlab.lab.common import (
+    accuracy,
+    first,
+    he_normal_init,
+    is_finite_loss,
+    mlp,
+    mnist,
+    train_step,
+)
 
 FULL = {
     "hidden": [100] * 5,  # our choice: Saito's ch. 6 MLP
@@ -101,9 +109,7 @@ def decide(
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x, y = data.train.x, data.train.y
-    if cfg["train_limit"]:
-        x, y = x[: cfg["train_limit"]], y[: cfg["train_limit"]]
+    x, y = first(data.train, cfg["train_limit"])
     lrs = cfg["learning_rates"]
     final_val: dict[str, list[float]] = {PLAIN: [], BN: []}
     final_loss: dict[str, list[float]] = {PLAIN: [], BN: []}

@@ -16,7 +16,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, is_finite_loss, mnist
+from normlab.lab.common import accuracy, first, is_finite_loss, mnist
 
 FULL = {
     "lr_bn": 1.0,
@@ -46,11 +46,8 @@ COLORS = {"bn": "#1f5fbf", "plain": "#c05020"}
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx, images=True)
-    x, y = _first(data.train.x, cfg["train_images"]), _first(data.train.y, cfg["train_images"])
-    x_test, y_test = (
-        _first(data.test.x, cfg["test_images"]),
-        _first(data.test.y, cfg["test_images"]),
-    )
+    x, y = first(data.train, cfg["train_images"])
+    x_test, y_test = first(data.test, cfg["test_images"])
 
     histories: dict[str, list[dict]] = {}
     for kind, lr in (("bn", cfg["lr_bn"]), ("plain", cfg["lr_plain"])):
@@ -167,10 +164,6 @@ def train(model, x, y, x_test, y_test, lr: float, cfg, seed: int) -> list[dict]:
         if diverged:
             break
     return history
-
-
-def _first(array: np.ndarray, count: int | None) -> np.ndarray:
-    return array if count is None else array[:count]
 
 
 def _notes(

@@ -21,7 +21,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, he_normal_init, mlp, mnist, train_step
+from normlab.lab.common import accuracy, first, he_normal_init, mlp, mnist, train_step
 
 NONE, BN, DROPOUT, DECAY, BN_DECAY = (
     "none",
@@ -83,7 +83,7 @@ def decide(gaps: dict[str, float], min_reduction: float) -> tuple[bool, str]:
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x, y = data.train.x[: cfg["train_images"]], data.train.y[: cfg["train_images"]]
+    x, y = first(data.train, cfg["train_images"])
     curves = {}
     records = []
     for variant in cfg["variants"]:

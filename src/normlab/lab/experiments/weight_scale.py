@@ -19,7 +19,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, mlp, mnist, train_step
+from normlab.lab.common import accuracy, first, mlp, mnist, train_step
 
 FULL = {
     "train_images": 1000,
@@ -69,7 +69,7 @@ def decide(best_val: dict[str, np.ndarray], learned_threshold: float) -> tuple[b
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
     data = mnist(ctx)
-    x, y = data.train.x[: cfg["train_images"]], data.train.y[: cfg["train_images"]]
+    x, y = first(data.train, cfg["train_images"])
     scales = cfg["weight_scales"]
     results: dict[tuple[int, str], dict] = {}
     records = []
