@@ -30,6 +30,9 @@ class Case:
         int  # bytes read + written by the minimal algorithm, for GB/s (0: not a bandwidth row)
     )
     setup: Callable[[], dict[str, Callable[[], object]]]
+    # optional, untimed: verifies that the implementations compute the same thing and returns a one-line
+    # report for the output (raises if they do not); the epoch rows compare the losses after one epoch
+    check: Callable[[], str] | None = None
 
 
 # modules with a ``cases(quick)`` function, in table order

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from normlab import kernels
 from normlab.backend import no_grad
 from normlab.callbacks import Callback, FitRun
 from normlab.nn.layers import dropout_generators
@@ -351,49 +352,54 @@ def fit(
     run = FitRun(model, optimizer, criterion, history, batches, list(ordered))
     display = _Display(verbose, epochs, len(batches))
     saved_modes = _saved_modes(model)
-    try:
-        for cb in ordered:
-            cb.on_train_begin(run)
-        for epoch in range(initial_epoch, epochs):
-            run.epoch = epoch
-            if hasattr(batches, "set_epoch"):
-                batches.set_epoch(epoch)
-            if reseed:
-                _reseed_dropout(model, seed, epoch)
-            model.train()
-            display.epoch_begin(epoch)
+    input_grad = model.requires_input_grad
+    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
+    # BLAS on one thread while the numba kernels use all cores (see normlab.kernels.training_threads)
+    with kernels.training_threads():
+        try:
             for cb in ordered:
-                cb.on_epoch_begin(run, epoch)
-            averages = _Averages()
-            for batch in batches:
-                logs = _train_step(model, optimizer, criterion, batch, metric_fns, epoch)
-                averages.add({k: logs[k] for k in ("loss", *metric_fns)}, int(logs.pop("_n")))
-                history.iterations.append({"iteration": len(history.iterations), **logs})
+                cb.on_train_begin(run)
+            for epoch in range(initial_epoch, epochs):
+                run.epoch = epoch
+                if hasattr(batches, "set_epoch"):
+                    batches.set_epoch(epoch)
+                if reseed:
+                    _reseed_dropout(model, seed, epoch)
+                model.train()
+                display.epoch_begin(epoch)
                 for cb in ordered:
-                    cb.on_batch_end(run, logs)
-                display.batch_end(averages.means())
-            logs = {"epoch": epoch, **averages.means()}
-            if validation_data is not None:
-                val = evaluate(
-                    model,
-                    *_as_xy(validation_data),
-                    loss=criterion,
-                    batch_size=batch_size,
-                    metrics=metrics,
-                )
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            logs["lr"] = history.iterations[-1]["lr"]  # the rate the epoch's last step used
-            history.epochs.append(logs)
-            display.epoch_end(epoch, logs)
+                    cb.on_epoch_begin(run, epoch)
+                averages = _Averages()
+                for batch in batches:
+                    logs = _train_step(model, optimizer, criterion, batch, metric_fns, epoch)
+                    averages.add({k: logs[k] for k in ("loss", *metric_fns)}, int(logs.pop("_n")))
+                    history.iterations.append({"iteration": len(history.iterations), **logs})
+                    for cb in ordered:
+                        cb.on_batch_end(run, logs)
+                    display.batch_end(averages.means())
+                logs = {"epoch": epoch, **averages.means()}
+                if validation_data is not None:
+                    val = evaluate(
+                        model,
+                        *_as_xy(validation_data),
+                        loss=criterion,
+                        batch_size=batch_size,
+                        metrics=metrics,
+                    )
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                logs["lr"] = history.iterations[-1]["lr"]  # the rate the epoch's last step used
+                history.epochs.append(logs)
+                display.epoch_end(epoch, logs)
+                for cb in ordered:
+                    cb.on_epoch_end(run, epoch, logs)
+                if run.stop_training:
+                    break
             for cb in ordered:
-                cb.on_epoch_end(run, epoch, logs)
-            if run.stop_training:
-                break
-        for cb in ordered:
-            cb.on_train_end(run)
-    finally:
-        display.close()
-        _restore_modes(saved_modes)
+                cb.on_train_end(run)
+        finally:
+            display.close()
+            _restore_modes(saved_modes)
+            model.requires_input_grad_(input_grad)
     return history
 
 

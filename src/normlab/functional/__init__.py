@@ -43,8 +43,11 @@ from normlab.functional.loss import (
     mse_forward,
 )
 from normlab.functional.norm import (
+    BatchNormActivationCache,
     NormCache,
     NormGrads,
+    batch_norm_activation_backward,
+    batch_norm_activation_forward,
     batch_norm_backward,
     batch_norm_forward,
     centered_moments,
@@ -74,6 +77,7 @@ __all__ = [
     "GELU_APPROXIMATIONS",
     "ActivationCache",
     "AvgPool2dCache",
+    "BatchNormActivationCache",
     "Conv2dCache",
     "Conv2dGrads",
     "DropoutCache",
@@ -85,6 +89,8 @@ __all__ = [
     "NormGrads",
     "avg_pool2d_backward",
     "avg_pool2d_forward",
+    "batch_norm_activation_backward",
+    "batch_norm_activation_forward",
     "batch_norm_backward",
     "batch_norm_forward",
     "centered_moments",

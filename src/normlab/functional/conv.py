@@ -138,7 +138,7 @@ class Conv2dCache(NamedTuple):
 
 
 class Conv2dGrads(NamedTuple):
-    dx: np.ndarray  # (N, C, H, W)
+    dx: np.ndarray | None  # (N, C, H, W); None when not asked for (input_grad=False)
     dweight: np.ndarray  # (OC, C, KH, KW)
     dbias: np.ndarray | None  # (OC,)
 
@@ -187,8 +187,11 @@ def conv2d_forward(
     return y, cache
 
 
-def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
-    """Gradients of :func:`conv2d_forward` for ``dy`` of shape (N, OC, OH, OW)."""
+def conv2d_backward(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True) -> Conv2dGrads:
+    """Gradients of :func:`conv2d_forward` for ``dy`` of shape (N, OC, OH, OW).
+
+    ``input_grad=False`` skips ``dx`` (returned as ``None``) and with it col2im, the costly part.
+    """
     out_channels, in_channels, kh, kw = cache.weight_shape
     n = cache.input_shape[0]
     oh, ow = cache.geometry.output_hw
@@ -200,6 +203,8 @@ def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
     g = np.asarray(dy, dtype=ct).transpose(0, 2, 3, 1).reshape(-1, out_channels)  # (N·OH·OW, OC)
     dweight = (g.T @ cache.cols).reshape(cache.weight_shape)
     dbias = g.sum(axis=0) if cache.has_bias else None
+    if not input_grad:
+        return Conv2dGrads(None, dweight, dbias)
     dcols = (g @ cache.weight_matrix).reshape(n, oh, ow, in_channels, kh, kw)
     dx = col2im(dcols.transpose(0, 3, 1, 2, 4, 5), cache.geometry)
     return Conv2dGrads(dx.astype(cache.input_dtype, copy=False), dweight, dbias)

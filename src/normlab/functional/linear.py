@@ -32,7 +32,7 @@ class LinearCache(NamedTuple):
 
 
 class LinearGrads(NamedTuple):
-    dx: np.ndarray  # (*, in)
+    dx: np.ndarray | None  # (*, in); None when not asked for (input_grad=False)
     dweight: np.ndarray  # (out, in)
     dbias: np.ndarray | None  # (out,), None without a bias
 
@@ -60,8 +60,12 @@ def linear_forward(
     return y, LinearCache(x2d, w, tuple(x.shape), x.dtype, bias is not None)
 
 
-def linear_backward(dy: np.ndarray, cache: LinearCache) -> LinearGrads:
-    """Gradients of :func:`linear_forward` for ``dy`` of shape (*, out)."""
+def linear_backward(dy: np.ndarray, cache: LinearCache, input_grad: bool = True) -> LinearGrads:
+    """Gradients of :func:`linear_forward` for ``dy`` of shape (*, out).
+
+    ``input_grad=False`` skips ``dx`` (returned as ``None``): the first layer of a network, whose input is
+    data, needs only its parameter gradients.
+    """
     out_features = cache.weight.shape[0]
     expected = (*cache.input_shape[:-1], out_features)
     if tuple(dy.shape) != expected:
@@ -69,7 +73,9 @@ def linear_backward(dy: np.ndarray, cache: LinearCache) -> LinearGrads:
             f"linear backward: expected a gradient of shape {expected}, got {dy.shape}"
         )
     g = np.asarray(dy).reshape(-1, out_features).astype(cache.weight.dtype, copy=False)
-    dx = (g @ cache.weight).reshape(cache.input_shape).astype(cache.input_dtype, copy=False)
+    dx = None
+    if input_grad:
+        dx = (g @ cache.weight).reshape(cache.input_shape).astype(cache.input_dtype, copy=False)
     dweight = g.T @ cache.x2d
     dbias = g.sum(axis=0) if cache.has_bias else None
     return LinearGrads(dx, dweight, dbias)

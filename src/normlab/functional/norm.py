@@ -49,11 +49,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from normlab.backend import check_float_array, compute_dtype
+from normlab.functional.activation import (
+    ActivationCache,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+)
 
 Shape = tuple[int, ...]
 
@@ -305,6 +312,69 @@ def batch_norm_forward(
 def batch_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,)."""
     return _normalize_backward(dy, cache)
+
+
+# --------------------------------------------------------------------------------------- batch norm + activation
+# A batch norm directly followed by a ReLU or a sigmoid (as in most CNNs and MLPs) as one op.  Here it is the
+# plain composition, the definition; the numba version (normlab.kernels.norm) applies the activation in place
+# on the normalized output, so the pair costs one output array and one layer call instead of two.
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+}
+
+
+class BatchNormActivationCache(NamedTuple):
+    """The caches of the two halves; ``mean``, ``var``, ``count``, ``input_shape`` are the batch norm's (what
+    the layer reads to update its running statistics and to check the gradient's shape)."""
+
+    norm: Any  # the batch norm's cache (NormCache, or the kernels' KernelNormCache)
+    activation: str  # "relu" or "sigmoid"
+    act: ActivationCache  # the activation's cache (for both: enough to rebuild its derivative)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.norm.mean
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.norm.var
+
+    @property
+    def count(self) -> int:
+        return self.norm.count
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.norm.input_shape
+
+
+def batch_norm_activation_forward(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    *,
+    training: bool = True,
+    eps: float = 1e-5,
+    activation: str = "relu",
+) -> tuple[np.ndarray, BatchNormActivationCache]:
+    """``activation(batch_norm(x))`` with ``activation`` ``"relu"`` or ``"sigmoid"``; arguments as
+    :func:`batch_norm_forward`."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"batch_norm_activation: activation must be one of {sorted(ACTIVATIONS)}")
+    y, norm_cache = batch_norm_forward(
+        x, weight, bias, running_mean, running_var, training=training, eps=eps
+    )
+    out, act_cache = ACTIVATIONS[activation][0](y)
+    return out, BatchNormActivationCache(norm_cache, activation, act_cache)
+
+
+def batch_norm_activation_backward(dy: np.ndarray, cache: BatchNormActivationCache) -> NormGrads:
+    """Gradients of :func:`batch_norm_activation_forward`: the activation's derivative, then batch norm's."""
+    g = ACTIVATIONS[cache.activation][1](dy, cache.act)
+    return batch_norm_backward(g, cache.norm)
 
 
 def update_running_stats(

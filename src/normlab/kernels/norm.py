@@ -39,7 +39,8 @@ import numpy as np
 
 from normlab import functional as F
 from normlab.backend import check_float_array
-from normlab.functional.norm import NormCache, NormGrads, Shape
+from normlab.functional.activation import ActivationCache
+from normlab.functional.norm import ACTIVATIONS, NormCache, NormGrads, Shape
 from normlab.kernels import _loops as L
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -278,6 +279,50 @@ def batch_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> N
     if isinstance(cache, NormCache):
         return F.batch_norm_backward(dy, cache)
     return _backward(dy, cache)
+
+
+# ----------------------------------------------------------------------------------------------- batch norm + act
+def batch_norm_activation_forward(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    *,
+    training: bool = True,
+    eps: float = 1e-5,
+    activation: str = "relu",
+) -> tuple[np.ndarray, F.BatchNormActivationCache]:
+    """``activation(batch_norm(x))``; as :func:`normlab.functional.batch_norm_activation_forward`.
+
+    The batch norm kernel writes a fresh output and the activation is applied to it in place, one parallel
+    pass while it is warm in cache: no second output array, no second layer call.  The values are those of
+    the unfused kernels (the batch norm kernel, then :mod:`normlab.kernels.layers`' activation).
+    """
+    from normlab.kernels import (
+        layers,
+    )  # the activation loops; imported here: layers imports this module
+
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"batch_norm_activation: activation must be one of {sorted(ACTIVATIONS)}")
+    y, norm_cache = batch_norm_forward(
+        x, weight, bias, running_mean, running_var, training=training, eps=eps
+    )
+    if isinstance(norm_cache, NormCache):  # float16 or empty: the reference did the batch norm
+        out, act_cache = ACTIVATIONS[activation][0](y)
+        return out, F.BatchNormActivationCache(norm_cache, activation, act_cache)
+    layers.activation_inplace(y, activation)
+    # ReLU's backward needs y > 0, which the output tells as well as the input (relu(y) > 0 iff y > 0)
+    return y, F.BatchNormActivationCache(norm_cache, activation, ActivationCache(y, y.dtype))
+
+
+def batch_norm_activation_backward(dy: np.ndarray, cache: F.BatchNormActivationCache) -> NormGrads:
+    """Gradients of :func:`batch_norm_activation_forward`: the activation's derivative (one parallel pass),
+    then the batch norm backward kernel."""
+    from normlab.kernels import layers
+
+    backward = layers.relu_backward if cache.activation == "relu" else layers.sigmoid_backward
+    return batch_norm_backward(backward(dy, cache.act), cache.norm)
 
 
 # ----------------------------------------------------------------------------------------------- layer norm

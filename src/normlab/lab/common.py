@@ -93,6 +93,7 @@ def train_step(
     model: nn.Module, loss_fn: nn.Module, optimizer, x: np.ndarray, y: np.ndarray
 ) -> float:
     """One step of gradient descent on a batch: forward, loss, backward, update.  Returns the loss."""
+    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
     optimizer.zero_grad()
     loss = float(loss_fn(model(x), y))
     model.backward(loss_fn.backward())

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from normlab import kernels
 from normlab.lab.base import REGISTRY, Result, RunContext, write_json
 from normlab.lab.report import report_html, section_html
 from normlab.system import machine_description
@@ -87,7 +87,7 @@ def run_experiments(
     started = time.perf_counter()
     # One BLAS thread: the experiments' matrices are small, and on a 2-core machine a second OpenBLAS
     # thread only adds spinning (init-scale --quick measured 13.8 s with one thread, 48.5 s with two).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with kernels.training_threads():
         runs = [_run_one(name, out_dir, mode, seed, data, progress) for name in names]
     total = time.perf_counter() - started
     meta: dict[str, Any] = {

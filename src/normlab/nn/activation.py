@@ -1,62 +1,71 @@
-"""Activation layers: thin modules around the pairs in :mod:`normlab.functional.activation` (no parameters)."""
+"""Activation layers: thin modules around the pairs in :mod:`normlab.functional.activation` (no parameters).
+
+ReLU and Sigmoid call :func:`normlab.kernels.layer_ops` (numba fast paths, or the reference with
+``NORMLAB_KERNELS=reference``); a ReLU or Sigmoid right after a batch norm in a ``Sequential`` is fused into it
+(see :class:`normlab.nn.Sequential`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from normlab import functional as F
+from normlab import kernels
 from normlab.nn.layers import CachedLayer
 from normlab.nn.registry import register_module
 
 
 class _Activation(CachedLayer):
-    """An elementwise activation: the functional pair does everything."""
+    """An elementwise activation: the functional pair does everything.  ``_ops`` names the pair; the cache
+    keeps the backward that belongs to the forward that ran."""
 
-    def _forward_fn(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
+    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(forward, backward) of this activation."""
         raise NotImplementedError
 
-    _backward_fn: Any
+    def _args(self, x: np.ndarray) -> tuple[Any, ...]:
+        """Extra arguments of the forward after the input (checked against it)."""
+        return ()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y, cache = self._forward_fn(self._check_input(x))
-        self._keep(cache, y)
+        x = self._check_input(x)
+        forward, backward = self._ops()
+        y, cache = forward(x, *self._args(x))
+        self._keep((cache, backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        dy, cache = self._take_cache(grad_output)
-        return type(self)._backward_fn(dy, cache)
+        dy, (cache, backward) = self._take_cache(grad_output)
+        return backward(dy, cache)
 
 
 @register_module
 class ReLU(_Activation):
     """``max(x, 0)``; the derivative at 0 is taken as 0 (PyTorch's choice)."""
 
-    _backward_fn = staticmethod(F.relu_backward)
-
-    def _forward_fn(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        return F.relu_forward(x)
+    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        ops = kernels.layer_ops()  # the numba fast path or the reference (normlab.kernels)
+        return ops.relu_forward, ops.relu_backward
 
 
 @register_module
 class Sigmoid(_Activation):
     """``1 / (1 + exp(-x))``, computed without overflow."""
 
-    _backward_fn = staticmethod(F.sigmoid_backward)
-
-    def _forward_fn(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        return F.sigmoid_forward(x)
+    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        ops = kernels.layer_ops()
+        return ops.sigmoid_forward, ops.sigmoid_backward
 
 
 @register_module
 class Tanh(_Activation):
     """``tanh(x)``."""
 
-    _backward_fn = staticmethod(F.tanh_backward)
-
-    def _forward_fn(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        return F.tanh_forward(x)
+    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        return F.tanh_forward, F.tanh_backward
 
 
 @register_module
@@ -64,16 +73,17 @@ class GELU(_Activation):
     """``x * Phi(x)`` with the exact normal CDF (``approximate="none"``, PyTorch's default) or the tanh
     approximation (``approximate="tanh"``)."""
 
-    _backward_fn = staticmethod(F.gelu_backward)
-
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
         if approximate not in F.GELU_APPROXIMATIONS:
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def _forward_fn(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        return F.gelu_forward(x, self.approximate)
+    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        return F.gelu_forward, F.gelu_backward
+
+    def _args(self, x: np.ndarray) -> tuple[Any, ...]:
+        return (self.approximate,)
 
     def get_config(self) -> dict[str, Any]:
         return {"approximate": self.approximate}
@@ -89,18 +99,19 @@ class Softmax(_Activation):
     For classification, feed the logits to ``CrossEntropyLoss`` instead: it applies a stable log-softmax itself.
     """
 
-    _backward_fn = staticmethod(F.softmax_backward)
-
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
         self.dim = int(dim)
 
-    def _forward_fn(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
+    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        return F.softmax_forward, F.softmax_backward
+
+    def _args(self, x: np.ndarray) -> tuple[Any, ...]:
         if not -x.ndim <= self.dim < max(x.ndim, 1):
             raise ValueError(
                 f"{self._label()}: dim {self.dim} is out of range for input of shape {x.shape}"
             )
-        return F.softmax_forward(x, self.dim)
+        return (self.dim,)
 
     def get_config(self) -> dict[str, Any]:
         return {"dim": self.dim}

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from normlab import functional as F
-from normlab.backend import as_param_dtype, check_float_array, is_grad_enabled
+from normlab import kernels
+from normlab.backend import FLOAT_DTYPES, as_param_dtype, check_float_array, is_grad_enabled
 from normlab.functional.conv import Pair, pair, window_geometry
 from normlab.nn import init
 from normlab.nn.module import Module, Parameter
@@ -38,6 +39,8 @@ class CachedLayer(Module):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def _check_input(self, x: Any) -> np.ndarray:
+        if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:  # the common case: no label to format
+            return x
         return check_float_array(x, self._label())
 
     def _keep(self, cache: Any, y: np.ndarray) -> None:
@@ -53,8 +56,10 @@ class CachedLayer(Module):
                 f"{self._label()}: backward needs a forward pass first (each forward allows one backward; "
                 "forward under no_grad() keeps nothing)"
             )
-        dy = check_float_array(grad_output, self._label(), "gradient")
-        if tuple(dy.shape) != self._output_shape:
+        dy = grad_output
+        if type(dy) is not np.ndarray or dy.dtype not in FLOAT_DTYPES:
+            dy = check_float_array(grad_output, self._label(), "gradient")
+        if dy.shape != self._output_shape:
             raise ValueError(
                 f"{self._label()}: expected a gradient of shape {self._output_shape} (the output's), "
                 f"got {tuple(dy.shape)}"
@@ -126,9 +131,10 @@ class Linear(CachedLayer):
         self._keep(cache, y)
         return y
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+    def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
+        """dL/dx (``None`` if ``requires_input_grad`` is off); accumulates the parameter gradients."""
         dy, cache = self._take_cache(grad_output)
-        grads = F.linear_backward(dy, cache)
+        grads = F.linear_backward(dy, cache, input_grad=self.requires_input_grad)
         _accumulate(self.weight, grads.dweight, self.bias, grads.dbias)
         return grads.dx
 
@@ -204,7 +210,8 @@ class Conv2d(CachedLayer):
         window_geometry(
             x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self._label()
         )
-        y, cache = F.conv2d_forward(
+        ops = kernels.layer_ops()  # the numba fast path or the reference (normlab.kernels)
+        y, cache = ops.conv2d_forward(
             x,
             self.weight.data,
             None if self.bias is None else self.bias.data,
@@ -212,12 +219,13 @@ class Conv2d(CachedLayer):
             self.padding,
             self.dilation,
         )
-        self._keep(cache, y)
+        self._keep((cache, ops.conv2d_backward), y)  # a backward always matches its forward's ops
         return y
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        dy, cache = self._take_cache(grad_output)
-        grads = F.conv2d_backward(dy, cache)
+    def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
+        """dL/dx (``None`` if ``requires_input_grad`` is off); accumulates the parameter gradients."""
+        dy, (cache, backward) = self._take_cache(grad_output)
+        grads = backward(dy, cache, input_grad=self.requires_input_grad)
         _accumulate(self.weight, grads.dweight, self.bias, grads.dbias)
         return grads.dx
 
@@ -280,15 +288,16 @@ class MaxPool2d(_Pool2d):
     """Max over each window; input (N, C, H, W).  ``stride`` defaults to ``kernel_size``; padding is -inf."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y, cache = F.max_pool2d_forward(
+        ops = kernels.layer_ops()
+        y, cache = ops.max_pool2d_forward(
             self._check_input(x), self.kernel_size, self.stride, self.padding
         )
-        self._keep(cache, y)
+        self._keep((cache, ops.max_pool2d_backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        dy, cache = self._take_cache(grad_output)
-        return F.max_pool2d_backward(dy, cache)
+        dy, (cache, backward) = self._take_cache(grad_output)
+        return backward(dy, cache)
 
 
 @register_module
@@ -307,19 +316,20 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y, cache = F.avg_pool2d_forward(
+        ops = kernels.layer_ops()
+        y, cache = ops.avg_pool2d_forward(
             self._check_input(x),
             self.kernel_size,
             self.stride,
             self.padding,
             self.count_include_pad,
         )
-        self._keep(cache, y)
+        self._keep((cache, ops.avg_pool2d_backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        dy, cache = self._take_cache(grad_output)
-        return F.avg_pool2d_backward(dy, cache)
+        dy, (cache, backward) = self._take_cache(grad_output)
+        return backward(dy, cache)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"count_include_pad": self.count_include_pad}

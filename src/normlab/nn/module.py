@@ -94,6 +94,8 @@ class Module:
     """
 
     training: bool
+    # whether backward must return dL/d(input); see requires_input_grad_ (a class default, set per instance)
+    requires_input_grad: bool = True
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -246,6 +248,18 @@ class Module:
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         for p in self.parameters():
             p.requires_grad = requires_grad
+        return self
+
+    def requires_input_grad_(self, requires: bool = True) -> Module:
+        """Say whether ``backward`` must return the gradient with respect to this module's input.
+
+        ``False`` is for a model whose input is data (nobody reads dL/dx): a first layer that can skip that
+        product (``Linear``, ``Conv2d``, whose input gradient is the largest matrix product of its backward)
+        then returns ``None`` from ``backward``; parameter gradients are unaffected, and layers that cannot
+        skip anything return dL/dx anyway.  ``Sequential`` passes the setting to its first layer.  The
+        training loops (``fit``, the lab) set it for the duration of training.  Returns ``self``.
+        """
+        self.requires_input_grad = bool(requires)
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 
 from normlab import functional as F
 from normlab import kernels
-from normlab.backend import as_param_dtype, check_float_array, is_grad_enabled
+from normlab.backend import FLOAT_DTYPES, as_param_dtype, check_float_array, is_grad_enabled
 from normlab.functional.norm import NormGrads
 from normlab.nn.module import Module, Parameter
 from normlab.nn.registry import dtype_name
@@ -104,6 +104,8 @@ class _Normalization(Module):
         return type(self).__name__
 
     def _check_float(self, x: Any) -> np.ndarray:
+        if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:  # the common case: no label to format
+            return x
         return check_float_array(x, self._label())
 
     def _keep(self, cache: Any, backward: Callable[[np.ndarray, Any], NormGrads]) -> None:
@@ -117,7 +119,9 @@ class _Normalization(Module):
                 f"{self._label()}: backward needs a forward pass first (each forward allows one backward; "
                 "forward under no_grad() keeps nothing)"
             )
-        dy = check_float_array(grad_output, self._label(), "gradient")
+        dy = grad_output
+        if type(dy) is not np.ndarray or dy.dtype not in FLOAT_DTYPES:
+            dy = check_float_array(grad_output, self._label(), "gradient")
         if dy.shape != self._cache.input_shape:
             raise ValueError(
                 f"{self._label()}: expected a gradient of shape {self._cache.input_shape} "
@@ -305,13 +309,35 @@ class _BatchNorm(_NormBase):
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, None)
+
+    def forward_activation(self, x: np.ndarray, activation: str) -> np.ndarray:
+        """``activation(self(x))`` as one op, ``activation`` being ``"relu"`` or ``"sigmoid"``; the next
+        ``backward`` then takes the gradient with respect to the activation's output.
+
+        ``Sequential`` calls this for a batch norm directly followed by a ``ReLU`` or ``Sigmoid`` layer: the
+        numba kernels apply the activation in place on the normalized output (one array and one layer call
+        fewer; the same numbers as the two layers run one after the other).
+        """
+        return self._forward(x, activation)
+
+    def _forward(self, x: np.ndarray, activation: str | None) -> np.ndarray:
         x = self._check_input(x)
         self._check_channels(x)
         use_batch_stats = self.training or not self.track_running_stats
         ops = kernels.ops()
+        if activation is None:
+            forward, backward = ops.batch_norm_forward, ops.batch_norm_backward
+            extra: dict[str, Any] = {}
+        else:
+            forward, backward = (
+                ops.batch_norm_activation_forward,
+                ops.batch_norm_activation_backward,
+            )
+            extra = {"activation": activation}
         if x.size == 0:  # empty batch: empty output, no statistics, no buffer touched
-            y, cache = ops.batch_norm_forward(x, self._w(), self._b(), training=True, eps=self.eps)
-            self._keep(cache, ops.batch_norm_backward)
+            y, cache = forward(x, self._w(), self._b(), training=True, eps=self.eps, **extra)
+            self._keep(cache, backward)
             return y
         count = x.size // self.num_features
         if use_batch_stats and count < 2:
@@ -319,7 +345,7 @@ class _BatchNorm(_NormBase):
                 f"{self._label()}: expected more than 1 value per channel when using batch statistics "
                 f"(training), got input of shape {x.shape}"
             )
-        y, cache = ops.batch_norm_forward(
+        y, cache = forward(
             x,
             self._w(),
             self._b(),
@@ -327,11 +353,12 @@ class _BatchNorm(_NormBase):
             self.running_var,
             training=use_batch_stats,
             eps=self.eps,
+            **extra,
         )
         if self.training and self.track_running_stats:
             var = self._store_variance(cache.var.reshape(-1), count)
             self._update_running_stats(cache.mean.reshape(-1), var)
-        self._keep(cache, ops.batch_norm_backward)
+        self._keep(cache, backward)
         return y
 
     def _w(self) -> np.ndarray | None:

@@ -26,12 +26,12 @@ step sizes, coupled L2 is scaled down where gradients are large; decoupled decay
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from normlab import kernels
 from normlab.nn.module import Parameter
 from normlab.optim.optimizer import Optimizer, check_fraction, check_non_negative
 
@@ -178,7 +178,6 @@ class Adam(Optimizer):
         self, p: Parameter, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]
     ) -> None:
         beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(p.data)
@@ -186,22 +185,21 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = np.zeros_like(p.data)
         state["step"] += 1
-        if self.decoupled:
-            p.data *= 1 - lr * wd
-            g = grad
-        else:
-            g = _with_l2(grad, p, wd)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += (1 - beta1) * (g - m)  # m = beta1·m + (1 - beta1)·g, written as a step towards g
-        v *= beta2
-        v += (1 - beta2) * g * g
-        t = state["step"]
-        step_size = lr / (1 - beta1**t)
-        sqrt_c2 = math.sqrt(1 - beta2**t)
-        if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        p.data -= step_size * m / (np.sqrt(v) / sqrt_c2 + group["eps"])
+        # the rule itself: normlab.optim.updates.adam_update, or its numba twin (normlab.kernels)
+        kernels.optim_ops().adam_update(
+            p.data,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state.get("max_exp_avg_sq") if group["amsgrad"] else None,
+            step=state["step"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=self.decoupled,
+        )
 
 
 class AdamW(Adam):

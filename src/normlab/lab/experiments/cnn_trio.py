@@ -204,6 +204,7 @@ def train(model, x, y, x_val, y_val, lr: float, cfg, seed: int) -> list[dict]:
     opt = optim.Adam(model.parameters(), lr=lr, eps=cfg["adam_eps"])
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
+    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
     epochs = []
     for epoch in range(1, cfg["epochs"] + 1):
         losses, correct, seen, diverged = [], 0, 0, False

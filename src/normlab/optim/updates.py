@@ -1,0 +1,52 @@
+r"""The optimizers' update rules as plain functions on arrays: the readable reference.
+
+Each updates its arrays in place and returns nothing.  The optimizer classes keep the state and the
+hyper-parameters and call these through :func:`normlab.kernels.optim_ops`, which returns this module or its
+numba twin :mod:`normlab.kernels.optim` (tested equal bit for bit: same operations, same order, same dtype).
+
+Scalars are Python floats; NumPy casts them to the arrays' dtype before each operation, so a float32 parameter
+is updated entirely in float32 arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    max_exp_avg_sq: np.ndarray | None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    r"""One Adam / AdamW step (see :mod:`normlab.optim.adaptive` for the formulas), ``step`` counted from 1.
+
+    ``max_exp_avg_sq`` is the AMSGrad running maximum (``None`` without AMSGrad); ``decoupled`` selects AdamW's
+    weight decay :math:`\theta \leftarrow \theta(1 - \eta\lambda)` instead of the L2 term in the gradient.
+    """
+    if decoupled:
+        param *= 1 - lr * weight_decay
+        g = grad
+    else:
+        g = grad + weight_decay * param if weight_decay != 0 else grad
+    exp_avg += (1 - beta1) * (g - exp_avg)  # m = beta1·m + (1 - beta1)·g, as a step towards g
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    step_size = lr / (1 - beta1**step)
+    sqrt_c2 = math.sqrt(1 - beta2**step)
+    v = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    param -= step_size * exp_avg / (np.sqrt(v) / sqrt_c2 + eps)
