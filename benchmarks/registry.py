@@ -6,8 +6,10 @@ complete unit of work (for the normalization rows, one training forward + backwa
 missing where no naive baseline makes sense (e.g. an end-to-end epoch); the runner then leaves its column
 empty.
 
-To add rows (for instance the end-to-end epoch rows of issue 6, once the layers and the training loop exist),
-write a module with a ``cases(quick: bool) -> list[Case]`` function and add it to :data:`PROVIDERS`.
+To add rows, write a module with a ``cases(quick: bool) -> list[Case]`` function and add it to
+:data:`PROVIDERS`.  A case may also carry ``check``: an untimed verification that the implementations compute
+the same thing (the epoch rows compare the losses after one epoch); the runner calls it before timing the row
+and prints its one-line report.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Case:
 # modules with a ``cases(quick)`` function, in table order
 PROVIDERS = [
     "benchmarks.norm_cases",
-    # "benchmarks.epoch_cases",  # hook: the end-to-end epoch rows (MLP, LeNet-BN) go here with issue 3
+    "benchmarks.epoch_cases",  # end to end: one training epoch of the MLP and of LeNet-BN
 ]
 
 

@@ -1,6 +1,7 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick] [--repeat N] [--markdown PATH]``.
 
-For every row the three implementations (normlab, PyTorch CPU, naive NumPy) run in this one process,
+For every row the implementations (normlab, PyTorch CPU and, for the normalization rows, naive NumPy) run
+in this one process,
 interleaved: each repetition times one call of each, in an order that rotates from one repetition to the
 next, so a slow spell of a shared machine hits all three alike.  Each timed call follows an untimed call of
 the same implementation, as in a training loop where the thread pool is awake and the parameters are in
@@ -10,7 +11,8 @@ achieved bandwidth (bytes of the minimal algorithm / median time) against a memo
 run.
 
 PyTorch runs with as many threads as numba (``torch.set_num_threads(numba.get_num_threads())``), float32,
-the same shapes and training-mode forward + backward.  A short pause before each pair lets the previous
+the same shapes and training-mode forward + backward (the normalization rows) or the same training epoch
+(the epoch rows, whose ``check`` first verifies, untimed, that both reach the same loss).  A short pause before each pair lets the previous
 implementation's OpenMP threads stop spinning (PyTorch and numba each bring their own pool).
 """
 
@@ -37,6 +39,7 @@ COPY_BYTES = 64 * 2**20
 class Row:
     case: Case
     median_s: dict[str, float]  # implementation -> median seconds
+    check: str = ""  # the case's verification report, if it has one
 
     def ratio(self, other: str) -> float | None:
         if other not in self.median_s or "normlab" not in self.median_s:
@@ -209,6 +212,9 @@ def markdown(
     )
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * 7) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows, copy["numba"])]
+    checks = [row.check for row in rows if row.check]
+    if checks:
+        lines += ["", "Checks (untimed, before each row):", ""] + [f"- {c}" for c in checks]
     return "\n".join(lines) + "\n"
 
 
@@ -222,7 +228,7 @@ def print_table(rows: list[Row], copy_gbps: float) -> None:
             print("  ".join(cells))
         return
     table = Table(
-        title="training forward + backward, float32: medians (ratios > 1: normlab faster)"
+        title="training forward + backward (epoch rows: one epoch), float32: medians (ratios > 1: normlab faster)"
     )
     for i, col in enumerate(COLUMNS):
         table.add_column(col, justify="left" if i == 0 else "right")
@@ -273,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in case.name and args.only not in case.group:
             continue
         print(f"  {case.name} ...", file=sys.stderr, flush=True)
-        rows.append(Row(case, measure(case.setup(), args.repeat, args.warmup, pacer)))
+        check = case.check() if case.check is not None else ""
+        if check:
+            print(f"    check: {check}", file=sys.stderr, flush=True)
+        rows.append(Row(case, measure(case.setup(), args.repeat, args.warmup, pacer), check))
     info = machine()
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info["load"] = (
@@ -284,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k}: {v}")
     print(f"memory copy 64 MiB: numba {copy['numba']:.1f} GB/s, NumPy {copy['numpy']:.1f} GB/s")
     print_table(rows, copy["numba"])
+    for row in rows:
+        if row.check:
+            print(f"check: {row.check}")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(rows, info, copy, args))
