@@ -133,9 +133,10 @@ def batches(images: bool, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]
     x = scale_01(train.x)
     x = x[:, None] if images else flatten(x)
     order = np.random.default_rng(SEED).permutation(len(train.y))
+    cuts = range(0, len(order), batch_size)  # as the DataLoader: full batches, then the remainder
     return [
-        (np.ascontiguousarray(x[idx]), train.y[idx].astype(np.int64))
-        for idx in np.array_split(order, -(-len(order) // batch_size))
+        (np.ascontiguousarray(x[order[i : i + batch_size]]), train.y[order[i : i + batch_size]])
+        for i in cuts
     ]
 
 
@@ -199,7 +200,7 @@ def torch_epoch(setup: Setup, model, data) -> Callable[[], float]:
 
 
 def _trained_loss(ours, theirs, data) -> tuple[float, float]:
-    """Cross-entropy of both trained models (training mode, as the epoch ran) on the first 1,000 images."""
+    """Cross-entropy of both trained models in eval mode (running statistics) on the first 1,000 images."""
     import torch
 
     from normlab import functional as F

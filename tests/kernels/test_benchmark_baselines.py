@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from benchmarks import naive
+from benchmarks import epoch_cases, naive
 from benchmarks.registry import IMPLEMENTATIONS, all_cases
 
 from normlab import functional as F
@@ -71,5 +71,24 @@ def test_every_row_names_its_implementations():
         "rms_norm",
     }
     for r in rows:
-        assert r.bytes_moved == 5 * 4 * int(np.prod(r.shape))
+        if r.group == "epoch":  # end to end: no bandwidth, but an untimed check of the losses
+            assert r.bytes_moved == 0 and r.check is not None
+        else:
+            assert r.bytes_moved == 5 * 4 * int(np.prod(r.shape))
+    assert [r.name for r in rows if r.group == "epoch"] == ["MLP epoch", "LeNet-BN epoch"]
     assert IMPLEMENTATIONS == ("normlab", "torch", "naive")
+
+
+@pytest.mark.parametrize("setup", [epoch_cases.MLP, epoch_cases.LENET], ids=lambda s: s.name)
+def test_epoch_rows_time_the_same_model_in_both_libraries(setup):
+    """Same initial weights, same batches: the first training forward's logits agree (float32 through five
+    layers and four batch norms: 1e-3; a weight not copied would differ at order 1)."""
+    import torch
+
+    ours, theirs = epoch_cases.build_pair(setup)
+    xb, yb = epoch_cases.batches(setup.images, setup.batch_size)[0]
+    logits = ours(xb)
+    expected = theirs(torch.from_numpy(xb)).detach().numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3)
+    assert len(epoch_cases.batches(setup.images, setup.batch_size)) == -(-6000 // setup.batch_size)
+    assert yb.dtype == np.int64

@@ -139,7 +139,10 @@ def describe() -> str:
     if name == "numba":
         import numba
 
-        detail = f"numba {numba.__version__}, {numba.get_num_threads()} threads"
+        detail = (
+            f"normalization, conv, pooling, activation and Adam kernels; numba {numba.__version__}, "
+            f"{numba.get_num_threads()} threads"
+        )
     else:
         detail = "NumPy reference (normlab.functional)" + (f"; {_reason}" if _reason else "")
     return f"{name} ({detail}; {ENV_VAR}={requested})"

@@ -3,6 +3,11 @@
 Each ``forward`` validates its input (errors name the layer and the expected vs received shape or dtype),
 calls the functional forward and keeps the cache for exactly one ``backward`` (nothing is kept under
 ``no_grad()``).  ``backward(dy)`` returns dL/dx and accumulates parameter gradients into ``.grad``.
+``Conv2d`` and the pooling layers call :func:`normlab.kernels.layer_ops` (the numba fast paths, or the
+reference itself with ``NORMLAB_KERNELS=reference``) and keep the matching backward with the cache;
+``Linear`` is one BLAS product each way already.  ``Linear`` and ``Conv2d`` return ``None`` from
+``backward`` instead of dL/dx when ``requires_input_grad`` is off (see
+:meth:`normlab.nn.Module.requires_input_grad_`).
 
 Names, arguments, defaults and state-dict keys are PyTorch's.  Default initialization (see
 :mod:`normlab.nn.init`): ``Linear`` and ``Conv2d`` draw the weight from ``kaiming_uniform(a=sqrt(5))`` =
