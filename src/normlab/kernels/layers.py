@@ -310,7 +310,7 @@ def relu_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """``dy`` where the input was > 0, else 0."""
     saved = cache.saved
     dy = _check_grad_shape(dy, saved.shape, "relu backward")
-    if saved.dtype not in _KERNEL_DTYPES or not _fast(saved):
+    if not _fast(saved):
         return F.relu_backward(dy, cache)
     dx = np.empty(saved.shape, dtype=saved.dtype)
     L.relu_backward(
@@ -334,7 +334,7 @@ def sigmoid_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """``dy · s · (1 - s)`` from the output ``s``."""
     s = cache.saved
     dy = _check_grad_shape(dy, s.shape, "sigmoid backward")
-    if s.dtype not in _KERNEL_DTYPES or not _fast(s):
+    if not _fast(s):
         return F.sigmoid_backward(dy, cache)
     dx = np.empty(s.shape, dtype=s.dtype)
     L.sigmoid_backward(_flat(dy.astype(s.dtype, copy=False)), _flat(s), _threads(), dx.reshape(-1))
