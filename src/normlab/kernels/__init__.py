@@ -7,8 +7,8 @@ Three namespaces, chosen together:
   ``rms_norm_*``) plus ``batch_norm_activation_*`` (batch norm with a ReLU or sigmoid fused into it);
 * :func:`layer_ops`: convolution, pooling and the elementwise activations, with the names of
   :mod:`normlab.functional` (``conv2d_*``, ``max_pool2d_*``, ``avg_pool2d_*``, ``relu_*``, ``sigmoid_*``);
-* :func:`optim_ops`: the optimizers' update rules (``sgd_update``, ``adam_update``), with the names of
-  :mod:`normlab.optim.updates`.
+* :func:`optim_ops`: the optimizers' update rules with the names of :mod:`normlab.optim.updates`
+  (``adam_update``, used by Adam and AdamW; plain SGD is one in-place NumPy update and needs no kernel).
 
 Which implementation each returns:
 
