@@ -130,3 +130,35 @@ def test_fit_skips_the_input_gradient_and_restores_the_setting():
     nl.fit(model, x, np.arange(16) % 3, optimizer=optim.SGD(model.parameters()), verbose=0)
     assert seen and not any(seen)
     assert model.requires_input_grad and model[0].requires_input_grad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_numba_and_reference_train_the_same_model(name, dtype):
+    """Every layer's fast path against the reference, inside a model: to rounding (float32 1e-4, float64
+    1e-10; the convolution products sum in another order, the sigmoid's exp differs by ulps)."""
+    build, shape = MODELS[name]
+    runs = []
+    for backend in ("numba", "reference"):
+        kernels.use(backend)
+        runs.append(_train(build(dtype), shape, dtype))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    assert [k for k, _ in runs[0]] == [k for k, _ in runs[1]]
+    for (what, a), (_, e) in zip(*runs, strict=True):
+        scale = max(1.0, float(np.max(np.abs(e))))
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def test_layers_keep_the_cache_of_the_selected_ops():
+    from normlab import functional as F
+    from normlab.kernels import layers as K
+
+    x = np.random.default_rng(0).normal(size=(2, 2, 6, 6)).astype(np.float32)
+    conv = nn.Conv2d(2, 3, 3, rng=0)
+    for backend, expected in (("numba", K.FastConv2dCache), ("reference", F.Conv2dCache)):
+        kernels.use(backend)
+        conv(x)
+        cache, backward = conv._cache
+        assert isinstance(cache, expected)
+        assert backward is kernels.layer_ops().conv2d_backward
+        assert conv.backward(np.ones((2, 3, 4, 4), np.float32)).shape == x.shape
