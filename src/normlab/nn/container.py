@@ -42,9 +42,8 @@ class Sequential(Module):
     ['0.weight', '0.bias', '1.weight']
     """
 
-    fuse_activations: bool = (
-        True  # a class default; set it on an instance to run the layers one by one
-    )
+    # a class default; set it to False on an instance to run the layers one by one
+    fuse_activations: bool = True
 
     def __init__(self, *layers: Module) -> None:
         super().__init__()

@@ -95,9 +95,8 @@ class _Normalization(Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: Any = (
-            None  # NormCache or KernelNormCache: what the forward's ops need for backward
-        )
+        # NormCache or KernelNormCache: what the forward's ops need for backward
+        self._cache: Any = None
         self._backward_op: Callable[[np.ndarray, Any], NormGrads] | None = None
 
     def _label(self) -> str:
