@@ -246,9 +246,7 @@ class _Display:
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.progress is not None:
             self.progress.update(self.task, metrics=_format(logs))
-        elif (
-            self.console is not None
-        ):  # plain lines for logs and pipes: no control codes, no wrapping
+        elif self.console is not None:  # plain lines for logs and pipes: no control codes
             print(
                 f"Epoch {epoch + 1}/{self.epochs} - {_format(logs)}",
                 file=self.console.file,
