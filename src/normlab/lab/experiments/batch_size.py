@@ -170,8 +170,8 @@ def decide(
         )
 
     measured = (
-        f"validation error {describe('BN', bn_errors, bn)}, {describe('GN', gn_errors, gn)}; BN "
-        f"degrades {100 * (bn - gn):+.2f} pp more than GN (criterion: BN degrades by more than "
+        f"validation error {describe('BN', bn_errors, bn)}, {describe('GN', gn_errors, gn)}; BN's "
+        f"degradation minus GN's {100 * (bn - gn):+.2f} pp (criterion: BN degrades by more than "
         f"{100 * margin:g} pp and by more than GN plus {100 * margin:g} pp, GN by at most "
         f"{100 * margin:g} pp)"
     )

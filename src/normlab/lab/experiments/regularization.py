@@ -67,8 +67,8 @@ def decide(gaps: dict[str, float], min_reduction: float) -> tuple[bool, str]:
     others = ", ".join(f"{name} {gap:.3f}" for name, gap in gaps.items() if name not in (NONE, BN))
     measured = (
         f"generalisation gap (training - validation accuracy after the last epoch): batch norm "
-        f"{gaps[BN]:.3f}, none {gaps[NONE]:.3f} (batch norm reduces it by {reduction:.3f}; "
-        f"needed >= {min_reduction:.3f}); for comparison {others}"
+        f"{gaps[BN]:.3f}, none {gaps[NONE]:.3f} (batch norm changes it by {-reduction:+.3f}; "
+        f"needed <= {-min_reduction:+.3f}); for comparison {others}"
     )
     return holds, measured
 
