@@ -143,6 +143,30 @@ class Conv2dGrads(NamedTuple):
     dbias: np.ndarray | None  # (OC,)
 
 
+def conv2d_geometry(
+    x: np.ndarray,
+    weight_shape: tuple[int, ...],
+    stride: int | Pair,
+    padding: int | Pair,
+    dilation: int | Pair,
+) -> Geometry:
+    """Check that (N, C, H, W) ``x`` fits filters of ``weight_shape`` (OC, C, KH, KW) and return the window
+    geometry (what both the reference and the fast conv index by)."""
+    _, in_channels, kh, kw = weight_shape
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"conv2d: expected input of shape (N, {in_channels}, H, W), got shape {tuple(x.shape)}"
+        )
+    return window_geometry(
+        x.shape,
+        (kh, kw),
+        pair(stride, "stride", "conv2d"),
+        pair(padding, "padding", "conv2d", minimum=0),
+        pair(dilation, "dilation", "conv2d"),
+        "conv2d",
+    )
+
+
 def conv2d_forward(
     x: np.ndarray,
     weight: np.ndarray,
@@ -158,18 +182,7 @@ def conv2d_forward(
     """
     x = check_float_array(x, "conv2d")
     out_channels, in_channels, kh, kw = weight.shape
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"conv2d: expected input of shape (N, {in_channels}, H, W), got shape {tuple(x.shape)}"
-        )
-    geo = window_geometry(
-        x.shape,
-        (kh, kw),
-        pair(stride, "stride", "conv2d"),
-        pair(padding, "padding", "conv2d", minimum=0),
-        pair(dilation, "dilation", "conv2d"),
-        "conv2d",
-    )
+    geo = conv2d_geometry(x, weight.shape, stride, padding, dilation)
     ct = compute_dtype(x.dtype)
     n = x.shape[0]
     oh, ow = geo.output_hw

@@ -33,7 +33,7 @@ import numpy as np
 from normlab import functional as F
 from normlab.backend import check_float_array, compute_dtype
 from normlab.functional.activation import ActivationCache
-from normlab.functional.conv import Conv2dGrads, Geometry, Pair, pair, window_geometry
+from normlab.functional.conv import Conv2dGrads, Geometry, Pair, conv2d_geometry
 from normlab.functional.pool import AvgPool2dCache, MaxPool2dCache, pool_geometry
 from normlab.kernels import _layer_loops as L
 from normlab.kernels.norm import _compile_lock, _kernel_array
@@ -122,18 +122,7 @@ def conv2d_forward(
     if not _fast(x):
         return F.conv2d_forward(x, weight, bias, stride, padding, dilation)
     out_channels, in_channels, kh, kw = weight.shape
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"conv2d: expected input of shape (N, {in_channels}, H, W), got shape {tuple(x.shape)}"
-        )
-    geo = window_geometry(
-        x.shape,
-        (kh, kw),
-        pair(stride, "stride", "conv2d"),
-        pair(padding, "padding", "conv2d", minimum=0),
-        pair(dilation, "dilation", "conv2d"),
-        "conv2d",
-    )
+    geo = conv2d_geometry(x, weight.shape, stride, padding, dilation)
     dt = compute_dtype(x.dtype)
     n = x.shape[0]
     oh, ow = geo.output_hw

@@ -276,9 +276,7 @@ def _given_stats(
 
 def batch_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
     """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,)."""
-    if isinstance(cache, NormCache):
-        return F.batch_norm_backward(dy, cache)
-    return _backward(dy, cache)
+    return _dispatch_backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- batch norm + act
@@ -391,9 +389,7 @@ def layer_norm_forward(
 
 def layer_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
     """Gradients of :func:`layer_norm_forward`; parameter gradients have ``normalized_shape``."""
-    if isinstance(cache, NormCache):
-        return F.layer_norm_backward(dy, cache)
-    return _backward(dy, cache)
+    return _dispatch_backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- RMS norm
@@ -414,9 +410,7 @@ def rms_norm_forward(
 
 def rms_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
     """Gradients of :func:`rms_norm_forward` (``dbias`` is ``None``)."""
-    if isinstance(cache, NormCache):
-        return F.rms_norm_backward(dy, cache)
-    return _backward(dy, cache)
+    return _dispatch_backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- group norm
@@ -480,9 +474,7 @@ def group_norm_forward(
 
 def group_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
     """Gradients of :func:`group_norm_forward`."""
-    if isinstance(cache, NormCache):
-        return F.group_norm_backward(dy, cache)
-    return _backward(dy, cache)
+    return _dispatch_backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- instance norm
@@ -525,12 +517,19 @@ def instance_norm_forward(
 
 def instance_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
     """Gradients of :func:`instance_norm_forward`."""
-    if isinstance(cache, NormCache):
-        return F.instance_norm_backward(dy, cache)
-    return _backward(dy, cache)
+    return _dispatch_backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- backward
+def _dispatch_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
+    """The backward for whichever forward made ``cache``: a reference cache (float16 or empty input, where
+    the forward fell back to the reference) goes to the reference's closed form, a kernel cache to the
+    kernels."""
+    if isinstance(cache, NormCache):
+        return F.batch_norm_backward(dy, cache)  # every reference backward is the same closed form
+    return _backward(dy, cache)
+
+
 def _backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Closed-form gradients for every layout: one pass reducing Σdy and Σdy·x_c, one pass writing dx."""
     dy = check_float_array(dy, "normalization backward", "gradient")

@@ -83,8 +83,25 @@ def _accumulate(weight: Parameter, dweight: np.ndarray, bias: Parameter | None, 
 
 
 # --------------------------------------------------------------------------------------- linear
+class _WeightAndBias(CachedLayer):
+    """A layer with a ``weight`` and an optional ``bias`` drawn with PyTorch's default init."""
+
+    weight: Parameter
+    bias: Parameter | None
+
+    def reset_parameters(self, rng: init.RandomSource = None) -> None:
+        """Redraw weight and bias with the default init (see the class docstring)."""
+        gen = init.as_generator(rng, type(self).__name__)
+        w, b = init.default_weight_and_bias(
+            self.weight.shape, gen, self.bias is not None, dtype=self.weight.dtype
+        )
+        self.weight.data = w
+        if self.bias is not None:
+            self.bias.data = b
+
+
 @register_module
-class Linear(CachedLayer):
+class Linear(_WeightAndBias):
     """Fully connected layer ``y = x @ weight.T + bias``.
 
     Input (*, in_features), output (*, out_features).  ``weight`` (out_features, in_features) and ``bias``
@@ -109,16 +126,6 @@ class Linear(CachedLayer):
             "bias", Parameter(np.zeros(self.out_features, dtype=dt)) if bias else None
         )
         self.reset_parameters(rng)
-
-    def reset_parameters(self, rng: init.RandomSource = None) -> None:
-        """Redraw weight and bias with the default init (see the class docstring)."""
-        gen = init.as_generator(rng, "Linear")
-        w, b = init.default_weight_and_bias(
-            self.weight.shape, gen, self.bias is not None, dtype=self.weight.dtype
-        )
-        self.weight.data = w
-        if self.bias is not None:
-            self.bias.data = b
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
@@ -157,7 +164,7 @@ class Linear(CachedLayer):
 
 # --------------------------------------------------------------------------------------- convolution
 @register_module
-class Conv2d(CachedLayer):
+class Conv2d(_WeightAndBias):
     """2-D convolution (cross-correlation) by im2col; zero padding, no groups.
 
     Input (N, in_channels, H, W), output (N, out_channels, OH, OW) with
@@ -194,16 +201,6 @@ class Conv2d(CachedLayer):
             "bias", Parameter(np.zeros(self.out_channels, dtype=dt)) if bias else None
         )
         self.reset_parameters(rng)
-
-    def reset_parameters(self, rng: init.RandomSource = None) -> None:
-        """Redraw weight and bias with the default init (see the class docstring)."""
-        gen = init.as_generator(rng, "Conv2d")
-        w, b = init.default_weight_and_bias(
-            self.weight.shape, gen, self.bias is not None, dtype=self.weight.dtype
-        )
-        self.weight.data = w
-        if self.bias is not None:
-            self.bias.data = b
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
