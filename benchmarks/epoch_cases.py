@@ -154,14 +154,16 @@ def build_pair(setup: Setup) -> tuple[Any, Any]:
 def normlab_epoch(setup: Setup, model, data) -> Callable[[], float]:
     """A callable training ``model`` for one epoch over ``data``; returns the mean loss.
 
-    As normlab's own training loops (``fit``, the lab) run it: the model told that its input is data (the
-    first layer skips dL/dx, as PyTorch does for an input that does not require grad), and BLAS on one
-    thread while the numba kernels use all of them (:func:`normlab.kernels.training_threads`).
+    As normlab's own training loops (``fit``, the lab) run it: batch norm + activation pairs fused
+    (:func:`normlab.nn.fuse`: the fused model shares ``model``'s layers), the model told that its input is
+    data (the first layer skips dL/dx, as PyTorch does for an input that does not require grad), and BLAS on
+    one thread while the numba kernels use all of them (:func:`normlab.kernels.training_threads`).
     """
     from normlab import kernels, nn
 
     opt = setup.optimizer(model.parameters())
     loss_fn = nn.CrossEntropyLoss()
+    model = nn.fuse(model)
     model.requires_input_grad_(False)
 
     def epoch() -> float:

@@ -2,7 +2,7 @@
 
 Each row runs three implementations on the same arrays:
 
-* ``normlab``: the active ops (:func:`normlab.kernels.ops`, the numba kernels unless ``NORMLAB_KERNELS`` says
+* ``normlab``: the active ops (:func:`normlab.kernels.resolve`, the numba kernels unless ``NORMLAB_KERNELS`` says
   otherwise), ``y, cache = op_forward(...)`` then ``op_backward(dy, cache)``;
 * ``torch``: ``torch.nn.functional`` forward on an input that requires grad, affine parameters that require
   grad, then ``y.backward(dy)``;
@@ -55,14 +55,14 @@ def batch_norm(shape) -> Case:
 
         from normlab import kernels
 
-        ops = kernels.ops()
         x, dy = _inputs(shape)
+        ops = kernels.resolve("batch_norm", x)  # the op a layer would run on x
         c = shape[1]
         w, b = np.linspace(0.5, 1.5, c, dtype=np.float32), np.linspace(-1, 1, c, dtype=np.float32)
 
         def ours():
-            _, cache = ops.batch_norm_forward(x, w, b, training=True, eps=EPS)
-            ops.batch_norm_backward(dy, cache)
+            _, cache = ops.forward(x, w, b, use_input_stats=True, eps=EPS)
+            ops.backward(dy, cache)
 
         def textbook():
             if x.ndim == 2:
@@ -87,15 +87,15 @@ def layer_norm(shape, normalized) -> Case:
 
         from normlab import kernels
 
-        ops = kernels.ops()
         x, dy = _inputs(shape)
+        ops = kernels.resolve("layer_norm", x)  # the op a layer would run on x
         w = np.linspace(0.5, 1.5, math.prod(normalized), dtype=np.float32).reshape(normalized)
         b = w - 1.0
         axes = tuple(range(len(shape) - len(normalized), len(shape)))
 
         def ours():
-            _, cache = ops.layer_norm_forward(x, normalized, w, b, EPS)
-            ops.layer_norm_backward(dy, cache)
+            _, cache = ops.forward(x, normalized, w, b, EPS)
+            ops.backward(dy, cache)
 
         def textbook():
             _, cache = naive.norm_forward(x, axes, w, b)
@@ -115,14 +115,14 @@ def rms_norm(shape, normalized) -> Case:
 
         from normlab import kernels
 
-        ops = kernels.ops()
         x, dy = _inputs(shape)
+        ops = kernels.resolve("rms_norm", x)  # the op a layer would run on x
         w = np.linspace(0.5, 1.5, math.prod(normalized), dtype=np.float32).reshape(normalized)
         axes = tuple(range(len(shape) - len(normalized), len(shape)))
 
         def ours():
-            _, cache = ops.rms_norm_forward(x, normalized, w, EPS)
-            ops.rms_norm_backward(dy, cache)
+            _, cache = ops.forward(x, normalized, w, EPS)
+            ops.backward(dy, cache)
 
         def textbook():
             _, cache = naive.norm_forward(x, axes, w, 0.0, center=False)
@@ -142,16 +142,16 @@ def group_norm(shape, groups) -> Case:
 
         from normlab import kernels
 
-        ops = kernels.ops()
         x, dy = _inputs(shape)
+        ops = kernels.resolve("group_norm", x)  # the op a layer would run on x
         n, c = shape[:2]
         w, b = np.linspace(0.5, 1.5, c, dtype=np.float32), np.linspace(-1, 1, c, dtype=np.float32)
         view = (n, groups, c // groups, -1)  # statistics over axes 2 and 3, per (sample, group)
         pview = (1, groups, c // groups, 1)  # gamma and beta per channel
 
         def ours():
-            _, cache = ops.group_norm_forward(x, groups, w, b, EPS)
-            ops.group_norm_backward(dy, cache)
+            _, cache = ops.forward(x, groups, w, b, EPS)
+            ops.backward(dy, cache)
 
         def textbook():
             _, cache = naive.norm_forward(
@@ -173,16 +173,16 @@ def instance_norm(shape) -> Case:
 
         from normlab import kernels
 
-        ops = kernels.ops()
         x, dy = _inputs(shape)
+        ops = kernels.resolve("instance_norm", x)  # the op a layer would run on x
         c = shape[1]
         w, b = np.linspace(0.5, 1.5, c, dtype=np.float32), np.linspace(-1, 1, c, dtype=np.float32)
         cshape = (1, c) + (1,) * (len(shape) - 2)
         axes = tuple(range(2, len(shape)))
 
         def ours():
-            _, cache = ops.instance_norm_forward(x, w, b, use_input_stats=True, eps=EPS)
-            ops.instance_norm_backward(dy, cache)
+            _, cache = ops.forward(x, w, b, use_input_stats=True, eps=EPS)
+            ops.backward(dy, cache)
 
         def textbook():
             _, cache = naive.norm_forward(x, axes, w.reshape(cshape), b.reshape(cshape))

@@ -12,15 +12,11 @@ import pytest
 import torch
 
 from helpers.layer_cases import CASES, LayerCase
-
-TOL = {"float64": {"rtol": 1e-10, "atol": 1e-10}, "float32": {"rtol": 1e-4, "atol": 1e-5}}
+from helpers.parity import TORCH_LAYERS, assert_parity
 
 
 def _compare(name: str, ours: np.ndarray, theirs: torch.Tensor, dtype: str) -> None:
-    expected = theirs.detach().numpy()
-    assert ours.shape == expected.shape, f"{name}: shape {ours.shape} vs torch {expected.shape}"
-    assert ours.dtype == expected.dtype, f"{name}: dtype {ours.dtype} vs torch {expected.dtype}"
-    np.testing.assert_allclose(ours, expected, err_msg=name, **TOL[dtype])
+    assert_parity(ours, theirs, TORCH_LAYERS, name, dtype=dtype)
 
 
 def _step(ours, theirs, x: np.ndarray, rng: np.random.Generator, dtype: str, tag: str) -> None:

@@ -1,5 +1,5 @@
-"""The training-step shortcuts change no number: batch norm fused with the activation after it in a
-``Sequential``, and a first layer that skips its input gradient (``requires_input_grad_(False)``).
+"""The training-step shortcuts change no number: batch norm fused with the activation after it
+(:func:`normlab.nn.fuse`), and a first layer that skips its input gradient (``requires_input_grad_(False)``).
 
 Both are compared bit for bit with the plain path, under the numba kernels and under the reference, for a
 few training steps (outputs, every parameter gradient, running statistics) and an eval pass.
@@ -50,8 +50,12 @@ def _cnn(dtype) -> nn.Sequential:
 MODELS = {"mlp": (_mlp, (10, 12)), "cnn": (_cnn, (6, 2, 9, 9))}
 
 
-def _train(model: nn.Sequential, shape, dtype, steps: int = 3) -> list[tuple[str, np.ndarray]]:
-    """A few SGD steps and an eval pass; everything observable, in order."""
+def _train(
+    model: nn.Sequential, shape, dtype, steps: int = 3, source: nn.Module | None = None
+) -> list[tuple[str, np.ndarray]]:
+    """A few SGD steps and an eval pass; everything observable, in order.  ``source``: the model whose
+    parameter and buffer names to report (``model`` is made from it by ``nn.fuse``), else ``model``."""
+    source = model if source is None else source
     rng = np.random.default_rng(0)
     opt = optim.SGD(model.parameters(), lr=0.1)
     record = []
@@ -63,9 +67,9 @@ def _train(model: nn.Sequential, shape, dtype, steps: int = 3) -> list[tuple[str
         record.append((f"y {step}", y))
         if dx is not None:
             record.append((f"dx {step}", dx))
-        record += [(f"grad {n} {step}", p.grad.copy()) for n, p in model.named_parameters()]
+        record += [(f"grad {n} {step}", p.grad.copy()) for n, p in source.named_parameters()]
         opt.step()
-    record += [(f"buffer {n}", np.asarray(b)) for n, b in model.named_buffers()]
+    record += [(f"buffer {n}", np.asarray(b)) for n, b in source.named_buffers()]
     model.eval()
     with nl.no_grad():
         record.append(("eval y", model(rng.normal(size=shape).astype(dtype))))
@@ -84,16 +88,21 @@ def _same(a: list, b: list) -> None:
 def test_fused_batch_norm_activation_changes_no_number(name, dtype, backend):
     kernels.use(backend)
     build, shape = MODELS[name]
-    fused = build(dtype)
+    source = build(dtype)
+    fused = nn.fuse(source)
+    assert sum(isinstance(layer, nn.BatchNormAct) for layer in fused) == 2
     plain = build(dtype)
-    plain.fuse_activations = False
-    _same(_train(fused, shape, dtype), _train(plain, shape, dtype))
+    _same(_train(fused, shape, dtype, source=source), _train(plain, shape, dtype))
 
 
 def test_fusion_skips_the_activation_layer_and_backward_follows_the_forward():
-    model = _mlp(np.float32)
+    kernels.use("numba")
+    source = _mlp(np.float32)
+    model = nn.fuse(source)
     y = model(np.ones((4, 12), np.float32) + np.arange(12, dtype=np.float32))
-    assert model[2]._cache is None and model[5]._cache is None  # ReLU, Sigmoid: folded into the BN
+    assert (
+        source[2]._cache is None and source[5]._cache is None
+    )  # ReLU, Sigmoid: folded into the BN
     model.backward(np.ones_like(y))
     with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
         model.backward(np.ones_like(y))
@@ -160,5 +169,5 @@ def test_layers_keep_the_cache_of_the_selected_ops():
         conv(x)
         cache, backward = conv._cache
         assert isinstance(cache, expected)
-        assert backward is kernels.layer_ops().conv2d_backward
+        assert backward is kernels.resolve("conv2d", x).backward
         assert conv.backward(np.ones((2, 3, 4, 4), np.float32)).shape == x.shape

@@ -43,11 +43,8 @@ from normlab.functional.loss import (
     mse_forward,
 )
 from normlab.functional.norm import (
-    BatchNormActivationCache,
     NormCache,
     NormGrads,
-    batch_norm_activation_backward,
-    batch_norm_activation_forward,
     batch_norm_backward,
     batch_norm_forward,
     centered_moments,
@@ -64,6 +61,7 @@ from normlab.functional.norm import (
     unbiased_variance,
     update_running_stats,
 )
+from normlab.functional.optim import adam_update, sgd_update
 from normlab.functional.pool import (
     AvgPool2dCache,
     MaxPool2dCache,
@@ -77,7 +75,6 @@ __all__ = [
     "GELU_APPROXIMATIONS",
     "ActivationCache",
     "AvgPool2dCache",
-    "BatchNormActivationCache",
     "Conv2dCache",
     "Conv2dGrads",
     "DropoutCache",
@@ -87,10 +84,9 @@ __all__ = [
     "MaxPool2dCache",
     "NormCache",
     "NormGrads",
+    "adam_update",
     "avg_pool2d_backward",
     "avg_pool2d_forward",
-    "batch_norm_activation_backward",
-    "batch_norm_activation_forward",
     "batch_norm_backward",
     "batch_norm_forward",
     "centered_moments",
@@ -125,6 +121,7 @@ __all__ = [
     "relu_forward",
     "rms_norm_backward",
     "rms_norm_forward",
+    "sgd_update",
     "sigmoid_backward",
     "sigmoid_forward",
     "softmax_backward",

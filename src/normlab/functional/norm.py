@@ -49,18 +49,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from normlab.backend import check_float_array, compute_dtype
-from normlab.functional.activation import (
-    ActivationCache,
-    relu_backward,
-    relu_forward,
-    sigmoid_backward,
-    sigmoid_forward,
-)
+from normlab.functional import checks
 
 Shape = tuple[int, ...]
 
@@ -236,11 +230,7 @@ def _normalize_forward(
 
 def _normalize_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Closed-form gradients of :func:`_normalize_forward` (see the module docstring for the formula)."""
-    dy = check_float_array(dy, "normalization backward", "gradient")
-    if dy.shape != cache.input_shape:
-        raise ValueError(
-            f"normalization backward: expected a gradient of shape {cache.input_shape}, got {dy.shape}"
-        )
+    dy = checks.check_gradient(dy, cache.input_shape, "normalization backward")
     ct = cache.xhat.dtype
     g = dy.astype(ct, copy=False)
     xhat = cache.xhat.reshape(cache.input_shape)
@@ -278,24 +268,25 @@ def batch_norm_forward(
     running_mean: np.ndarray | None = None,
     running_var: np.ndarray | None = None,
     *,
-    training: bool = True,
+    use_input_stats: bool | None = None,
     eps: float = 1e-5,
+    training: bool | None = None,
 ) -> tuple[np.ndarray, NormCache]:
     """Batch norm of channels-first ``x`` of shape (N, C, *spatial), statistics per channel.
 
-    ``training=True`` normalizes with the batch's own mean and biased variance over (N, *spatial); the
-    cache's ``mean``/``var`` hold them (shape (1, C, 1...)) for the caller to update running statistics.
-    ``training=False`` uses ``running_mean``/``running_var`` (shape (C,)), which must then be given.
+    ``use_input_stats=True`` (the default) normalizes with the batch's own mean and biased variance over
+    (N, *spatial); the cache's ``mean``/``var`` hold them (shape (1, C, 1...)) for the caller to update running
+    statistics.  ``use_input_stats=False`` uses ``running_mean``/``running_var`` (shape (C,)), which must then
+    be given.  ``training=`` is the same flag under PyTorch's name (``F.batch_norm(..., training=...)``).
     Returns ``y`` (same shape and dtype as ``x``) and the cache for :func:`batch_norm_backward`.
     """
     x = check_float_array(x, "batch_norm")
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected input of shape (N, C, *), got shape {x.shape}")
+    checks.check_min_rank(x, 2, "(N, C, *)", "batch_norm")
+    use_input_stats, flag = checks.input_stats_flag(use_input_stats, training, "batch_norm")
+    checks.check_given_stats(use_input_stats, running_mean, running_var, flag, "batch_norm")
     cshape = _channel_shape(x)
     given = None
-    if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: training=False needs running_mean and running_var")
+    if not use_input_stats:
         given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
     return _normalize_forward(
         x,
@@ -315,68 +306,6 @@ def batch_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
 
 
 # --------------------------------------------------------------------------------------- batch norm + activation
-# A batch norm directly followed by a ReLU or a sigmoid (as in most CNNs and MLPs) as one op.  Here it is the
-# plain composition, the definition; the numba version (normlab.kernels.norm) applies the activation in place
-# on the normalized output, so the pair costs one output array and one layer call instead of two.
-ACTIVATIONS = {
-    "relu": (relu_forward, relu_backward),
-    "sigmoid": (sigmoid_forward, sigmoid_backward),
-}
-
-
-class BatchNormActivationCache(NamedTuple):
-    """The caches of the two halves; ``mean``, ``var``, ``count``, ``input_shape`` are the batch norm's (what
-    the layer reads to update its running statistics and to check the gradient's shape)."""
-
-    norm: Any  # the batch norm's cache (NormCache, or the kernels' KernelNormCache)
-    activation: str  # "relu" or "sigmoid"
-    act: ActivationCache  # the activation's cache (for both: enough to rebuild its derivative)
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.norm.mean
-
-    @property
-    def var(self) -> np.ndarray:
-        return self.norm.var
-
-    @property
-    def count(self) -> int:
-        return self.norm.count
-
-    @property
-    def input_shape(self) -> Shape:
-        return self.norm.input_shape
-
-
-def batch_norm_activation_forward(
-    x: np.ndarray,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
-    running_mean: np.ndarray | None = None,
-    running_var: np.ndarray | None = None,
-    *,
-    training: bool = True,
-    eps: float = 1e-5,
-    activation: str = "relu",
-) -> tuple[np.ndarray, BatchNormActivationCache]:
-    """``activation(batch_norm(x))`` with ``activation`` ``"relu"`` or ``"sigmoid"``; arguments as
-    :func:`batch_norm_forward`."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"batch_norm_activation: activation must be one of {sorted(ACTIVATIONS)}")
-    y, norm_cache = batch_norm_forward(
-        x, weight, bias, running_mean, running_var, training=training, eps=eps
-    )
-    out, act_cache = ACTIVATIONS[activation][0](y)
-    return out, BatchNormActivationCache(norm_cache, activation, act_cache)
-
-
-def batch_norm_activation_backward(dy: np.ndarray, cache: BatchNormActivationCache) -> NormGrads:
-    """Gradients of :func:`batch_norm_activation_forward`: the activation's derivative, then batch norm's."""
-    g = ACTIVATIONS[cache.activation][1](dy, cache.act)
-    return batch_norm_backward(g, cache.norm)
-
-
 def update_running_stats(
     running_mean: np.ndarray,
     running_var: np.ndarray,
@@ -413,11 +342,8 @@ def layer_norm_forward(
 ) -> tuple[np.ndarray, NormCache]:
     """Layer norm over the trailing ``normalized_shape`` axes of ``x``; gamma/beta have that shape."""
     x = check_float_array(x, "layer_norm")
+    checks.check_trailing(x, normalized_shape, "layer_norm")
     k = len(normalized_shape)
-    if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
-        raise ValueError(
-            f"layer_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}"
-        )
     return _normalize_forward(
         x,
         stat_shape=x.shape,
@@ -446,11 +372,8 @@ def rms_norm_forward(
     ``eps=None`` uses the machine epsilon of ``x``'s dtype, as PyTorch does.
     """
     x = check_float_array(x, "rms_norm")
+    checks.check_trailing(x, normalized_shape, "rms_norm")
     k = len(normalized_shape)
-    if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
-        raise ValueError(
-            f"rms_norm: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}"
-        )
     return _normalize_forward(
         x,
         stat_shape=x.shape,
@@ -479,11 +402,7 @@ def group_norm_forward(
     """Group norm of (N, C, *spatial) ``x``: statistics per sample over each group of C/G channels and all
     spatial positions; gamma/beta per channel, shape (C,)."""
     x = check_float_array(x, "group_norm")
-    if x.ndim < 2 or x.shape[1] % num_groups != 0:
-        raise ValueError(
-            f"group_norm: expected input (N, C, *) with C divisible by num_groups={num_groups}, "
-            f"got shape {x.shape}"
-        )
+    checks.check_groups(x, num_groups, "group_norm")
     n, c = x.shape[:2]
     group_size = (c // num_groups) * math.prod(x.shape[2:])
     return _normalize_forward(
@@ -519,17 +438,13 @@ def instance_norm_forward(
     does in eval mode.  The cache's ``mean``/``var`` have shape (N, C, 1, ...).
     """
     x = check_float_array(x, "instance_norm")
-    if x.ndim < 3:
-        raise ValueError(
-            f"instance_norm: expected input of shape (N, C, *spatial), got shape {x.shape}"
-        )
+    checks.check_min_rank(x, 3, "(N, C, *spatial)", "instance_norm")
+    checks.check_given_stats(
+        use_input_stats, running_mean, running_var, "use_input_stats", "instance_norm"
+    )
     cshape = _channel_shape(x)
     given = None
     if not use_input_stats:
-        if running_mean is None or running_var is None:
-            raise ValueError(
-                "instance_norm: use_input_stats=False needs running_mean and running_var"
-            )
         given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
     return _normalize_forward(
         x,

@@ -20,10 +20,12 @@ blocks, so results do not depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from normlab.kernels._compile import entry, helper
 
 
-@njit(cache=True)
+@helper()
 def _valid_range(size, out_size, stride, offset):
     """The output indices q in [lo, hi) whose input index q·stride + offset lies in [0, size)."""
     lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
@@ -32,7 +34,7 @@ def _valid_range(size, out_size, stride, offset):
     return min(lo, hi), hi
 
 
-@njit(cache=True)
+@helper()
 def _blocks_of(total, blocks, b):
     """Items [lo, hi) of block b when ``total`` items are cut into ``blocks`` nearly equal blocks."""
     step = (total + blocks - 1) // blocks
@@ -40,7 +42,7 @@ def _blocks_of(total, blocks, b):
 
 
 # ----------------------------------------------------------------------------------- convolution
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, blocks, cols):
     """cols (C·KH·KW, N, OH·OW) from x (N, C, H, W): row k = (c, i, j) holds x[n, c, p·sh + i·dh - ph,
     q·sw + j·dw - pw] at column (n, p·OW + q), 0 where that lies in the padding.
@@ -75,7 +77,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, blocks, cols):
                     out[base + q] = 0
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, blocks, dx):
     """dx (N, C, H, W) = the sum, over every kernel entry (c, i, j) and output position, of dcols's value at
     that (row, column) added onto the input position im2col read it from (the adjoint of :func:`im2col`).
@@ -105,7 +107,7 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, blocks, dx):
                             out[start + (q - q_lo) * sw] += src[base + q]
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def channels_first(rows, bias, blocks, y):
     """y[n, o, l] = rows[o, n, l] + bias[o]: the product W·colsᵀ (OC, N, L) laid out as (N, OC, L), plus the
     bias.  Parallel over (output channel, block of samples)."""
@@ -121,7 +123,7 @@ def channels_first(rows, bias, blocks, y):
                 out[t] = src[t] + b
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def channels_outer(dy, g, dbias):
     """g[o, n, l] = dy[n, o, l] (the output gradient as the (OC, N·L) matrix of the weight-gradient product),
     and dbias[o] = Σ_{n, l} dy[n, o, l] accumulated in float64.  Parallel over output channels."""
@@ -140,7 +142,7 @@ def channels_outer(dy, g, dbias):
 
 
 # ----------------------------------------------------------------------------------- pooling
-@njit(cache=True, inline="always")
+@helper(inline="always")
 def _better(v, best, k):
     """Whether value v at window offset k replaces the best so far: the first value starts the search; a
     later one wins if larger, or if it is the first NaN (a NaN best is never replaced).  A bitwise
@@ -148,7 +150,7 @@ def _better(v, best, k):
     return (k == 0) | (v > best) | ((v != v) & (best == best))
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """Per plane of x (P, H, W): y[t, p, q] = the maximum of window (p, q) and argmax[t, p, q] its offset
     i·KW + j in row-major window order.
@@ -187,7 +189,7 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax):
                 arg[p, q] = best_k
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def max_pool_backward(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
     """dx (P, H, W), zeroed by the caller: each window's gradient added to the position of its maximum
     (dropped if that was padding).  Parallel over planes.
@@ -225,7 +227,7 @@ def max_pool_backward(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
                             out[r, col] += grad[p, q]
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, divisor, y):
     """y[t, p, q] = (Σ window) / divisor[p, q] per plane of x (P, H, W), padding counted as 0.
 
@@ -253,7 +255,7 @@ def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, divisor, y):
                 y[t, p, q] = total / divisor[p, q]
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def avg_pool_backward(dy, divisor, kh, kw, sh, sw, ph, pw, dx):
     """dx (P, H, W), zeroed by the caller: every value of window (p, q) receives dy[t, p, q] / divisor[p, q].
 
@@ -280,7 +282,7 @@ def avg_pool_backward(dy, divisor, kh, kw, sh, sw, ph, pw, dx):
 # Elementwise over flat contiguous arrays, split into one block per thread.
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def relu_forward(x, blocks, y):
     """y = max(x, 0), NaN kept (as ``np.maximum``)."""
     for b in prange(blocks):
@@ -290,7 +292,7 @@ def relu_forward(x, blocks, y):
             y[t] = v if (v > 0 or v != v) else x.dtype.type(0)  # as np.maximum: NaN kept, -0.0 -> 0
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def relu_backward(dy, saved, blocks, dx):
     """dx = dy where the forward's input (or output) was > 0, else 0."""
     for b in prange(blocks):
@@ -299,7 +301,7 @@ def relu_backward(dy, saved, blocks, dx):
             dx[t] = dy[t] if saved[t] > 0 else dy.dtype.type(0)
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def sigmoid_forward(x, blocks, y):
     """y = sigmoid(x), computed in x's dtype."""
     one = x.dtype.type(1)
@@ -311,7 +313,7 @@ def sigmoid_forward(x, blocks, y):
             y[t] = one / (one + e) if v >= 0 else e / (one + e)
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def sigmoid_backward(dy, s, blocks, dx):
     """dx = dy·s·(1 - s) from the forward's output s (evaluated as the reference: (dy·s)·(1 - s))."""
     one = s.dtype.type(1)
@@ -321,7 +323,7 @@ def sigmoid_backward(dy, s, blocks, dx):
             dx[t] = dy[t] * s[t] * (one - s[t])
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def relu_inplace(y, blocks):
     """y = max(y, 0) in place (the fused batch norm + ReLU)."""
     for b in prange(blocks):
@@ -332,7 +334,7 @@ def relu_inplace(y, blocks):
                 y[t] = 0
 
 
-@njit(cache=True, parallel=True)
+@entry(parallel=True)
 def sigmoid_inplace(y, blocks):
     """y = sigmoid(y) in place (the fused batch norm + sigmoid)."""
     one = y.dtype.type(1)

@@ -43,13 +43,13 @@ IEEE arithmetic (they vectorize without any flag).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-_REDUCE = {"reassoc", "contract"}  # see the module docstring: reductions only, never nnan/ninf
+from normlab.kernels._compile import REDUCE, entry, helper
 
 
 # ----------------------------------------------------------------------------------- segment building blocks
-@njit(cache=True, fastmath=_REDUCE)
+@helper(fastmath=REDUCE)
 def shifted_sums(x, shift):
     """(Σ (x - shift), Σ (x - shift)²) over a contiguous 1-D segment, accumulated in float64."""
     s1 = 0.0
@@ -61,16 +61,16 @@ def shifted_sums(x, shift):
     return s1, s2
 
 
-@njit(cache=True)
-def normalize(x, y, shift, dmean, scale, bias):
-    """y = ((x - shift) - dmean) * scale + bias over a segment; all scalars in x's dtype."""
+@helper()
+def normalize(x, y, shift, shifted_mean, scale, bias):
+    """y = ((x - shift) - shifted_mean) * scale + bias over a segment; all scalars in x's dtype."""
     for i in range(x.shape[0]):
-        y[i] = ((x[i] - shift) - dmean) * scale + bias
+        y[i] = ((x[i] - shift) - shifted_mean) * scale + bias
 
 
-@njit(cache=True, fastmath=_REDUCE)
-def grad_sums(dy, x, shift, dmean):
-    """(Σ dy, Σ dy * x_c) over a segment, x_c = (x - shift) - dmean recomputed.
+@helper(fastmath=REDUCE)
+def grad_sums(dy, x, shift, shifted_mean):
+    """(Σ dy, Σ dy * x_c) over a segment, x_c = (x - shift) - shifted_mean recomputed.
 
     The terms are centered (nothing large cancels), so they are summed 64 at a time in x's dtype (SIMD lanes)
     and those partial sums accumulated in float64.  The variance's shifted sums (``shifted_sums``) stay float64
@@ -85,40 +85,40 @@ def grad_sums(dy, x, shift, dmean):
         b = dy.dtype.type(0.0)
         for j in range(i, i + 64):
             a += dy[j]
-            b += dy[j] * ((x[j] - shift) - dmean)
+            b += dy[j] * ((x[j] - shift) - shifted_mean)
         sg += np.float64(a)
         sgx += np.float64(b)
         i += 64
     for j in range(i, n):
         g = np.float64(dy[j])
         sg += g
-        sgx += g * np.float64((x[j] - shift) - dmean)
+        sgx += g * np.float64((x[j] - shift) - shifted_mean)
     return sg, sgx
 
 
-@njit(cache=True)
-def input_grad(dy, x, dx, shift, dmean, a, b, k):
+@helper()
+def input_grad(dy, x, dx, shift, shifted_mean, a, b, k):
     """dx = a * dy + b * x_c + k over a segment (the closed-form backward, see the module docstring)."""
     for i in range(x.shape[0]):
-        dx[i] = a * dy[i] + b * ((x[i] - shift) - dmean) + k
+        dx[i] = a * dy[i] + b * ((x[i] - shift) - shifted_mean) + k
 
 
 # ----------------------------------------------------------------------------------- per-statistic scalars
-@njit(cache=True)
+@helper()
 def finish_stats(s1, s2, n, center):
-    """(dmean, var) from the shifted sums of n values; var is biased and never negative (NaN stays NaN)."""
+    """(shifted_mean, var) from the shifted sums of n values; var is biased and never negative (NaN stays NaN)."""
     if (
         not center
     ):  # RMS norm: no mean is subtracted, the "variance" is the mean square (shift is 0)
         return 0.0, s2 / n
-    dmean = s1 / n
-    var = s2 / n - dmean * dmean
+    shifted_mean = s1 / n
+    var = s2 / n - shifted_mean * shifted_mean
     if var < 0.0:  # rounding can undershoot a true 0 by an ulp
         var = 0.0
-    return dmean, var
+    return shifted_mean, var
 
 
-@njit(cache=True)
+@helper()
 def inverse_std(var, eps):
     """1 / sqrt(var + eps), defined as 0 where var + eps is not positive (constant input, eps=0; or NaN)."""
     denom = var + eps
@@ -127,7 +127,7 @@ def inverse_std(var, eps):
     return 0.0
 
 
-@njit(cache=True)
+@helper()
 def grad_coefficients(rstd, sg, sgx, n, input_stats, center):
     """(b, k) of dx = (r γ) dy + b x_c + k for one statistic, from Σ g and Σ g x_c (g = γ dy).
 
@@ -141,8 +141,8 @@ def grad_coefficients(rstd, sg, sgx, n, input_stats, center):
 
 
 # ----------------------------------------------------------------------------------- batch norm, (N, C, S)
-@njit(cache=True, parallel=True)
-def bn_planes_forward_train(x, weight, bias, eps, y, shift, dmean, var, rstd):
+@entry(parallel=True)
+def bn_planes_forward_train(x, weight, bias, eps, y, shift, shifted_mean, var, rstd):
     """Batch norm of x (N, C, S), S > 1: per channel, stats over its N planes, then y; parallel over C.
 
     The channel's N*S values are read twice back to back (stats, then y), so the second read hits cache.
@@ -160,26 +160,26 @@ def bn_planes_forward_train(x, weight, bias, eps, y, shift, dmean, var, rstd):
         dm, v = finish_stats(s1, s2, n, True)
         r = inverse_std(v, eps)
         shift[c] = sh
-        dmean[c] = dm
+        shifted_mean[c] = dm
         var[c] = v
         rstd[c] = r
         scale = rstd[c] * weight[c]
         for i in range(n_):
-            normalize(x[i, c], y[i, c], sh, dmean[c], scale, bias[c])
+            normalize(x[i, c], y[i, c], sh, shifted_mean[c], scale, bias[c])
 
 
-@njit(cache=True, parallel=True)
-def bn_planes_forward_given(x, weight, bias, shift, dmean, rstd, y):
-    """y = ((x - shift[c]) - dmean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, S), statistics given."""
+@entry(parallel=True)
+def bn_planes_forward_given(x, weight, bias, shift, shifted_mean, rstd, y):
+    """y = ((x - shift[c]) - shifted_mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, S), statistics given."""
     n_, c_ = x.shape[:2]
     for c in prange(c_):
         scale = rstd[c] * weight[c]
         for i in range(n_):
-            normalize(x[i, c], y[i, c], shift[c], dmean[c], scale, bias[c])
+            normalize(x[i, c], y[i, c], shift[c], shifted_mean[c], scale, bias[c])
 
 
-@njit(cache=True, parallel=True)
-def bn_planes_backward(dy, x, shift, dmean, rstd, weight, input_stats, dx, dweight, dbias):
+@entry(parallel=True)
+def bn_planes_backward(dy, x, shift, shifted_mean, rstd, weight, input_stats, dx, dweight, dbias):
     """Batch norm backward for (N, C, S): per channel, reduce Σdy and Σdy·x_c, then write dx; parallel over C.
 
     ``dweight[c] = r Σ dy x_c`` and ``dbias[c] = Σ dy`` (float64) fall out of the same reduction.
@@ -190,7 +190,7 @@ def bn_planes_backward(dy, x, shift, dmean, rstd, weight, input_stats, dx, dweig
         sdy = 0.0
         sdyx = 0.0
         for i in range(n_):
-            a1, a2 = grad_sums(dy[i, c], x[i, c], shift[c], dmean[c])
+            a1, a2 = grad_sums(dy[i, c], x[i, c], shift[c], shifted_mean[c])
             sdy += a1
             sdyx += a2
         r = np.float64(rstd[c])
@@ -202,7 +202,7 @@ def bn_planes_backward(dy, x, shift, dmean, rstd, weight, input_stats, dx, dweig
         bt = x.dtype.type(b)
         kt = x.dtype.type(k)
         for i in range(n_):
-            input_grad(dy[i, c], x[i, c], dx[i, c], shift[c], dmean[c], a, bt, kt)
+            input_grad(dy[i, c], x[i, c], dx[i, c], shift[c], shifted_mean[c], a, bt, kt)
 
 
 # ----------------------------------------------------------------------------------- batch norm, (N, C)
@@ -215,14 +215,14 @@ def bn_planes_backward(dy, x, shift, dmean, rstd, weight, input_stats, dx, dweig
 # faster than one row per sweep.
 
 
-@njit(cache=True)
+@helper()
 def _block_rows(n_rows, blocks, k):
     """Rows [lo, hi) of block k when n_rows rows are split into ``blocks`` nearly equal blocks."""
     step = (n_rows + blocks - 1) // blocks
     return min(n_rows, k * step), min(n_rows, (k + 1) * step)
 
 
-@njit(cache=True)
+@helper()
 def _rows_shifted_sums(x, lo, hi, shift, p1, p2):
     """p1[c] = Σ_i (x[i, c] - shift[c]), p2[c] = Σ_i (x[i, c] - shift[c])² over rows lo..hi, float64."""
     p1[:] = 0.0
@@ -245,8 +245,8 @@ def _rows_shifted_sums(x, lo, hi, shift, p1, p2):
             p2[c] += d * d
 
 
-@njit(cache=True)
-def _rows_grad_sums(dy, x, lo, hi, shift, dmean, p1, p2):
+@helper()
+def _rows_grad_sums(dy, x, lo, hi, shift, shifted_mean, p1, p2):
     """p1[c] = Σ_i dy[i, c], p2[c] = Σ_i dy[i, c] x_c[i, c] over rows lo..hi, four rows a sweep.
 
     The terms are centered, so each sweep adds its four in x's dtype and only their sum in float64.
@@ -257,10 +257,10 @@ def _rows_grad_sums(dy, x, lo, hi, shift, dmean, p1, p2):
     while i + 4 <= hi:
         for c in range(x.shape[1]):
             g0, g1, g2, g3 = dy[i, c], dy[i + 1, c], dy[i + 2, c], dy[i + 3, c]
-            x0 = (x[i, c] - shift[c]) - dmean[c]
-            x1 = (x[i + 1, c] - shift[c]) - dmean[c]
-            x2 = (x[i + 2, c] - shift[c]) - dmean[c]
-            x3 = (x[i + 3, c] - shift[c]) - dmean[c]
+            x0 = (x[i, c] - shift[c]) - shifted_mean[c]
+            x1 = (x[i + 1, c] - shift[c]) - shifted_mean[c]
+            x2 = (x[i + 2, c] - shift[c]) - shifted_mean[c]
+            x3 = (x[i + 3, c] - shift[c]) - shifted_mean[c]
             p1[c] += np.float64((g0 + g1) + (g2 + g3))
             p2[c] += np.float64((g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3))
         i += 4
@@ -268,28 +268,28 @@ def _rows_grad_sums(dy, x, lo, hi, shift, dmean, p1, p2):
         for c in range(x.shape[1]):
             g = np.float64(dy[j, c])
             p1[c] += g
-            p2[c] += g * np.float64((x[j, c] - shift[c]) - dmean[c])
+            p2[c] += g * np.float64((x[j, c] - shift[c]) - shifted_mean[c])
 
 
-@njit(cache=True)
-def _rows_normalize(x, y, lo, hi, shift, dmean, scale, bias):
-    """y[i, c] = ((x[i, c] - shift[c]) - dmean[c]) * scale[c] + bias[c] for rows lo..hi."""
+@helper()
+def _rows_normalize(x, y, lo, hi, shift, shifted_mean, scale, bias):
+    """y[i, c] = ((x[i, c] - shift[c]) - shifted_mean[c]) * scale[c] + bias[c] for rows lo..hi."""
     for i in range(lo, hi):
         row = x[i]
         out = y[i]
         for c in range(row.shape[0]):
-            out[c] = ((row[c] - shift[c]) - dmean[c]) * scale[c] + bias[c]
+            out[c] = ((row[c] - shift[c]) - shifted_mean[c]) * scale[c] + bias[c]
 
 
-@njit(cache=True)
-def _rows_input_grad(dy, x, dx, lo, hi, shift, dmean, a, b, k):
+@helper()
+def _rows_input_grad(dy, x, dx, lo, hi, shift, shifted_mean, a, b, k):
     """dx[i, c] = a[c] dy[i, c] + b[c] x_c[i, c] + k[c] for rows lo..hi."""
     for i in range(lo, hi):
         row = x[i]
         grow = dy[i]
         out = dx[i]
         for c in range(row.shape[0]):
-            out[c] = a[c] * grow[c] + b[c] * ((row[c] - shift[c]) - dmean[c]) + k[c]
+            out[c] = a[c] * grow[c] + b[c] * ((row[c] - shift[c]) - shifted_mean[c]) + k[c]
 
 
 # The serial steps between parallel loops live in plain (non-parallel) functions: inside a parallel function
@@ -297,7 +297,7 @@ def _rows_input_grad(dy, x, dx, lo, hi, shift, dmean, a, b, k):
 # milliseconds.
 
 
-@njit(cache=True)
+@helper()
 def _copy_row(x, shift, shift64):
     """shift = x[0] (in x's dtype) and shift64 = the same values in float64."""
     for c in range(x.shape[1]):
@@ -305,13 +305,13 @@ def _copy_row(x, shift, shift64):
         shift64[c] = x[0, c]
 
 
-@njit(cache=True)
+@helper()
 def _product(a, b, out):
     for c in range(a.shape[0]):
         out[c] = a[c] * b[c]
 
 
-@njit(cache=True)
+@helper()
 def _sum_blocks(parts, out):
     """out[j] = Σ_k parts[k, j], summing whole rows (contiguous) one after the other."""
     out[:] = parts[0]
@@ -321,8 +321,8 @@ def _sum_blocks(parts, out):
             out[j] += row[j]
 
 
-@njit(cache=True)
-def _merge_stats(s1, s2, n, eps, weight, dmean, var, rstd, scale):
+@helper()
+def _merge_stats(s1, s2, n, eps, weight, shifted_mean, var, rstd, scale):
     """Add up the blocks' partial shifted sums; per column the mean, variance, 1/std and rstd*weight."""
     t1 = np.empty(s1.shape[1])
     t2 = np.empty(s1.shape[1])
@@ -330,13 +330,13 @@ def _merge_stats(s1, s2, n, eps, weight, dmean, var, rstd, scale):
     _sum_blocks(s2, t2)
     for c in range(s1.shape[1]):
         dm, v = finish_stats(t1[c], t2[c], n, True)
-        dmean[c] = dm
+        shifted_mean[c] = dm
         var[c] = v
         rstd[c] = inverse_std(v, eps)
         scale[c] = rstd[c] * weight[c]
 
 
-@njit(cache=True)
+@helper()
 def _merge_grads(sg, sgx, n, rstd, weight, input_stats, dweight, dbias, a, b, k):
     """Add up the blocks' partial Σdy, Σdy·x_c; per column dweight, dbias and the coefficients of dx."""
     _sum_blocks(sg, dbias)  # dbias[c] = Σ dy
@@ -354,8 +354,8 @@ def _merge_grads(sg, sgx, n, rstd, weight, input_stats, dweight, dbias, a, b, k)
         k[c] = kc
 
 
-@njit(cache=True, parallel=True)
-def bn_rows_forward_train(x, weight, bias, eps, blocks, y, shift, dmean, var, rstd):
+@entry(parallel=True)
+def bn_rows_forward_train(x, weight, bias, eps, blocks, y, shift, shifted_mean, var, rstd):
     """Batch norm of x (N, C) with the batch's statistics: parallel partial sums, merge, parallel write of y."""
     n, c_ = x.shape
     shift64 = np.empty(c_)
@@ -366,43 +366,45 @@ def bn_rows_forward_train(x, weight, bias, eps, blocks, y, shift, dmean, var, rs
         lo, hi = _block_rows(n, blocks, k)
         _rows_shifted_sums(x, lo, hi, shift64, s1[k], s2[k])
     scale = np.empty_like(rstd)
-    _merge_stats(s1, s2, n, eps, weight, dmean, var, rstd, scale)
+    _merge_stats(s1, s2, n, eps, weight, shifted_mean, var, rstd, scale)
     for k in prange(blocks):
         lo, hi = _block_rows(n, blocks, k)
-        _rows_normalize(x, y, lo, hi, shift, dmean, scale, bias)
+        _rows_normalize(x, y, lo, hi, shift, shifted_mean, scale, bias)
 
 
-@njit(cache=True, parallel=True)
-def bn_rows_forward_given(x, weight, bias, blocks, y, shift, dmean, rstd):
+@entry(parallel=True)
+def bn_rows_forward_given(x, weight, bias, blocks, y, shift, shifted_mean, rstd):
     """Batch norm of x (N, C) with given statistics (eval): y only."""
     scale = np.empty_like(rstd)
     _product(rstd, weight, scale)
     for k in prange(blocks):
         lo, hi = _block_rows(x.shape[0], blocks, k)
-        _rows_normalize(x, y, lo, hi, shift, dmean, scale, bias)
+        _rows_normalize(x, y, lo, hi, shift, shifted_mean, scale, bias)
 
 
-@njit(cache=True, parallel=True)
-def bn_rows_backward(dy, x, shift, dmean, rstd, weight, input_stats, blocks, dx, dweight, dbias):
+@entry(parallel=True)
+def bn_rows_backward(
+    dy, x, shift, shifted_mean, rstd, weight, input_stats, blocks, dx, dweight, dbias
+):
     """Batch norm backward for x (N, C): parallel partial Σdy, Σdy·x_c; merge into coefficients; write dx."""
     n, c_ = x.shape
     sg = np.empty((blocks, c_))
     sgx = np.empty((blocks, c_))
     for k in prange(blocks):
         lo, hi = _block_rows(n, blocks, k)
-        _rows_grad_sums(dy, x, lo, hi, shift, dmean, sg[k], sgx[k])
+        _rows_grad_sums(dy, x, lo, hi, shift, shifted_mean, sg[k], sgx[k])
     a = np.empty_like(rstd)
     b = np.empty_like(rstd)
     kk = np.empty_like(rstd)
     _merge_grads(sg, sgx, n, rstd, weight, input_stats, dweight, dbias, a, b, kk)
     for k in prange(blocks):
         lo, hi = _block_rows(n, blocks, k)
-        _rows_input_grad(dy, x, dx, lo, hi, shift, dmean, a, b, kk)
+        _rows_input_grad(dy, x, dx, lo, hi, shift, shifted_mean, a, b, kk)
 
 
 # ----------------------------------------------------------------------------------- layer / RMS norm, rows
-@njit(cache=True, parallel=True)
-def rows_forward(x, weight, bias, eps, center, y, shift, dmean, var, rstd):
+@entry(parallel=True)
+def rows_forward(x, weight, bias, eps, center, y, shift, shifted_mean, var, rstd):
     """Layer norm (center=True) or RMS norm of each row of x (R, D); weight/bias per column; parallel over R.
 
     A row is read twice back to back (stats, then y), the second time from L1/L2.
@@ -416,18 +418,18 @@ def rows_forward(x, weight, bias, eps, center, y, shift, dmean, var, rstd):
         s1, s2 = shifted_sums(row, np.float64(sh))
         dm, v = finish_stats(s1, s2, d_, center)
         shift[r] = sh
-        dmean[r] = dm
+        shifted_mean[r] = dm
         var[r] = v
         rstd[r] = inverse_std(v, eps)
         out = y[r]
         rs = rstd[r]
-        dmr = dmean[r]
+        dmr = shifted_mean[r]
         for j in range(d_):
             out[j] = ((row[j] - sh) - dmr) * rs * weight[j] + bias[j]
 
 
-@njit(cache=True, parallel=True)
-def rows_backward(dy, x, shift, dmean, rstd, weight, center, blocks, dx, dweight, dbias):
+@entry(parallel=True)
+def rows_backward(dy, x, shift, shifted_mean, rstd, weight, center, blocks, dx, dweight, dbias):
     """Layer/RMS norm backward over rows of x (R, D); parallel over blocks of rows.
 
     Per row: Σ g and Σ g·x_c (g = weight * dy) give the row's coefficients, then dx.  dweight/dbias (float64,
@@ -439,13 +441,15 @@ def rows_backward(dy, x, shift, dmean, rstd, weight, center, blocks, dx, dweight
     pb = np.empty((blocks, d_))
     for k in prange(blocks):
         lo, hi = _block_rows(x.shape[0], blocks, k)
-        _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, pw[k], pb[k])
+        _rows_backward_block(
+            dy, x, dx, lo, hi, shift, shifted_mean, rstd, weight, center, pw[k], pb[k]
+        )
     _sum_blocks(pw, dweight)
     _sum_blocks(pb, dbias)
 
 
-@njit(cache=True, fastmath=_REDUCE)
-def _row_grad_sums(dy, x, shift, dmean, weight):
+@helper(fastmath=REDUCE)
+def _row_grad_sums(dy, x, shift, shifted_mean, weight):
     """(Σ weight·dy, Σ weight·dy·x_c) over one row: products and 64-term partial sums in x's dtype (SIMD
     lanes), the partial sums accumulated in float64."""
     sg = 0.0
@@ -458,27 +462,27 @@ def _row_grad_sums(dy, x, shift, dmean, weight):
         for j in range(i, i + 64):
             g = weight[j] * dy[j]
             a += g
-            b += g * ((x[j] - shift) - dmean)
+            b += g * ((x[j] - shift) - shifted_mean)
         sg += np.float64(a)
         sgx += np.float64(b)
         i += 64
     for j in range(i, n):
         g = np.float64(weight[j]) * np.float64(dy[j])
         sg += g
-        sgx += g * np.float64((x[j] - shift) - dmean)
+        sgx += g * np.float64((x[j] - shift) - shifted_mean)
     return sg, sgx
 
 
-@njit(cache=True)
-def _row_coefficients(dy, x, shift, dmean, rstd, weight, center):
+@helper()
+def _row_coefficients(dy, x, shift, shifted_mean, rstd, weight, center):
     """(b, k) of dx = rstd·weight·dy + b·x_c + k for one row, in x's dtype."""
-    sg, sgx = _row_grad_sums(dy, x, shift, dmean, weight)
+    sg, sgx = _row_grad_sums(dy, x, shift, shifted_mean, weight)
     b, k = grad_coefficients(np.float64(rstd), sg, sgx, x.shape[0], True, center)
     return x.dtype.type(b), x.dtype.type(k)
 
 
-@njit(cache=True)
-def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, pw, pb):
+@helper()
+def _rows_backward_block(dy, x, dx, lo, hi, shift, shifted_mean, rstd, weight, center, pw, pb):
     """dx for rows lo..hi, and their parts of dweight (Σ dy·x̂) and dbias (Σ dy) added into pw, pb.
 
     Four rows share one sweep over the columns, so pw and pb are loaded, converted and stored once per four
@@ -488,24 +492,24 @@ def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, 
     pb[:] = 0.0
     i = lo
     while i + 4 <= hi:
-        b0, k0 = _row_coefficients(dy[i], x[i], shift[i], dmean[i], rstd[i], weight, center)
+        b0, k0 = _row_coefficients(dy[i], x[i], shift[i], shifted_mean[i], rstd[i], weight, center)
         b1, k1 = _row_coefficients(
-            dy[i + 1], x[i + 1], shift[i + 1], dmean[i + 1], rstd[i + 1], weight, center
+            dy[i + 1], x[i + 1], shift[i + 1], shifted_mean[i + 1], rstd[i + 1], weight, center
         )
         b2, k2 = _row_coefficients(
-            dy[i + 2], x[i + 2], shift[i + 2], dmean[i + 2], rstd[i + 2], weight, center
+            dy[i + 2], x[i + 2], shift[i + 2], shifted_mean[i + 2], rstd[i + 2], weight, center
         )
         b3, k3 = _row_coefficients(
-            dy[i + 3], x[i + 3], shift[i + 3], dmean[i + 3], rstd[i + 3], weight, center
+            dy[i + 3], x[i + 3], shift[i + 3], shifted_mean[i + 3], rstd[i + 3], weight, center
         )
         r0, r1, r2, r3 = rstd[i], rstd[i + 1], rstd[i + 2], rstd[i + 3]
         for j in range(x.shape[1]):
             w = weight[j]
             g0, g1, g2, g3 = dy[i, j], dy[i + 1, j], dy[i + 2, j], dy[i + 3, j]
-            x0 = (x[i, j] - shift[i]) - dmean[i]
-            x1 = (x[i + 1, j] - shift[i + 1]) - dmean[i + 1]
-            x2 = (x[i + 2, j] - shift[i + 2]) - dmean[i + 2]
-            x3 = (x[i + 3, j] - shift[i + 3]) - dmean[i + 3]
+            x0 = (x[i, j] - shift[i]) - shifted_mean[i]
+            x1 = (x[i + 1, j] - shift[i + 1]) - shifted_mean[i + 1]
+            x2 = (x[i + 2, j] - shift[i + 2]) - shifted_mean[i + 2]
+            x3 = (x[i + 3, j] - shift[i + 3]) - shifted_mean[i + 3]
             dx[i, j] = r0 * w * g0 + b0 * x0 + k0
             dx[i + 1, j] = r1 * w * g1 + b1 * x1 + k1
             dx[i + 2, j] = r2 * w * g2 + b2 * x2 + k2
@@ -517,9 +521,9 @@ def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, 
             pb[j] += np.float64((g0 + g1) + (g2 + g3))
         i += 4
     for r in range(i, hi):
-        b, k = _row_coefficients(dy[r], x[r], shift[r], dmean[r], rstd[r], weight, center)
+        b, k = _row_coefficients(dy[r], x[r], shift[r], shifted_mean[r], rstd[r], weight, center)
         for j in range(x.shape[1]):
-            xc = (x[r, j] - shift[r]) - dmean[r]
+            xc = (x[r, j] - shift[r]) - shifted_mean[r]
             dx[r, j] = rstd[r] * weight[j] * dy[r, j] + b * xc + k
             pw[j] += np.float64(dy[r, j] * (xc * rstd[r]))
             pb[j] += np.float64(dy[r, j])
@@ -530,8 +534,8 @@ def _rows_backward_block(dy, x, dx, lo, hi, shift, dmean, rstd, weight, center, 
 # the channel of segment j of row r is (r % G) * Cg + j.  Instance norm is the case Cg = 1.
 
 
-@njit(cache=True, parallel=True)
-def groups_forward(x, groups, s_, weight, bias, eps, y, shift, dmean, var, rstd):
+@entry(parallel=True)
+def groups_forward(x, groups, s_, weight, bias, eps, y, shift, shifted_mean, var, rstd):
     """Group norm forward: per (sample, group) row, stats over its Cg*S values, then y per channel."""
     r_, m = x.shape
     cg = m // s_
@@ -541,17 +545,19 @@ def groups_forward(x, groups, s_, weight, bias, eps, y, shift, dmean, var, rstd)
         s1, s2 = shifted_sums(row, np.float64(sh))
         dm, v = finish_stats(s1, s2, m, True)
         shift[r] = sh
-        dmean[r] = dm
+        shifted_mean[r] = dm
         var[r] = v
         rstd[r] = inverse_std(v, eps)
         c0 = (r % groups) * cg
         for j in range(cg):
             seg = slice(j * s_, (j + 1) * s_)
-            normalize(row[seg], y[r, seg], sh, dmean[r], rstd[r] * weight[c0 + j], bias[c0 + j])
+            normalize(
+                row[seg], y[r, seg], sh, shifted_mean[r], rstd[r] * weight[c0 + j], bias[c0 + j]
+            )
 
 
-@njit(cache=True, parallel=True)
-def groups_backward(dy, x, groups, s_, shift, dmean, rstd, weight, dx, dweight, dbias):
+@entry(parallel=True)
+def groups_backward(dy, x, groups, s_, shift, shifted_mean, rstd, weight, dx, dweight, dbias):
     """Group norm backward: per row, Σdy and Σdy·x_c per channel segment, then dx; parallel over rows.
 
     The per-segment sums are kept in (N*G, Cg) arrays and summed over the samples afterwards into the
@@ -567,7 +573,7 @@ def groups_backward(dy, x, groups, s_, shift, dmean, rstd, weight, dx, dweight, 
         sgx = 0.0
         for j in range(cg):
             seg = slice(j * s_, (j + 1) * s_)
-            a1, a2 = grad_sums(dy[r, seg], x[r, seg], shift[r], dmean[r])
+            a1, a2 = grad_sums(dy[r, seg], x[r, seg], shift[r], shifted_mean[r])
             sdy[r, j] = a1
             sdyx[r, j] = a2
             w = np.float64(weight[c0 + j])
@@ -579,11 +585,11 @@ def groups_backward(dy, x, groups, s_, shift, dmean, rstd, weight, dx, dweight, 
         for j in range(cg):
             seg = slice(j * s_, (j + 1) * s_)
             a = rstd[r] * weight[c0 + j]
-            input_grad(dy[r, seg], x[r, seg], dx[r, seg], shift[r], dmean[r], a, bt, kt)
+            input_grad(dy[r, seg], x[r, seg], dx[r, seg], shift[r], shifted_mean[r], a, bt, kt)
     _group_param_grads(sdy, sdyx, rstd, groups, dweight, dbias)
 
 
-@njit(cache=True)
+@helper()
 def _group_param_grads(sdy, sdyx, rstd, groups, dweight, dbias):
     """dweight[c] = Σ_n rstd[n, g] Σ dy x_c and dbias[c] = Σ_n Σ dy, from the per-(row, segment) sums."""
     cg = sdy.shape[1]

@@ -1,7 +1,7 @@
 """Fast paths for convolution, pooling and the elementwise activations, with the signatures of
 :mod:`normlab.functional` (``conv2d_*``, ``max_pool2d_*``, ``avg_pool2d_*``, ``relu_*``, ``sigmoid_*``).
 
-Tested equal to the reference (``tests/kernels/test_layer_kernels.py``).  What differs is how the work is laid
+Tested equal to the reference (``tests/kernels/test_conv_pool_activation_adam_kernels.py``).  What differs is how the work is laid
 out, not the math:
 
 * **Conv2d**: im2col writes the *transposed* column matrix ``colsT`` (C·KH·KW, N·OH·OW) with a numba loop
@@ -20,25 +20,22 @@ out, not the math:
 * **ReLU / sigmoid**: one parallel pass each way.  ReLU is exact; sigmoid uses the reference's formula, with
   the ``exp`` of LLVM instead of NumPy's (they differ by at most a few ulps).
 
-float16 and empty inputs go to the reference, and so does a backward given a reference cache.
+The functions take validated, non-empty float32/float64 arrays (see :func:`normlab.kernels.resolve`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
-from normlab import functional as F
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import compute_dtype
 from normlab.functional.activation import ActivationCache
 from normlab.functional.conv import Conv2dGrads, Geometry, Pair, conv2d_geometry
 from normlab.functional.pool import AvgPool2dCache, MaxPool2dCache, pool_geometry
 from normlab.kernels import _layer_loops as L
-from normlab.kernels.norm import _compile_lock, _kernel_array
-
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from normlab.kernels._compile import kernel_array as _kernel_array
+from normlab.kernels._compile import threads as _threads
 
 
 class FastConv2dCache(NamedTuple):
@@ -53,61 +50,6 @@ class FastConv2dCache(NamedTuple):
     has_bias: bool
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _threads() -> int:
-    return numba.get_num_threads()
-
-
-def _fast(x: np.ndarray) -> bool:
-    """True where the numba loops run (float32/float64, non-empty); makes sure they are compiled."""
-    if x.dtype not in _KERNEL_DTYPES or x.size == 0:
-        return False
-    _ensure_compiled(x.dtype)
-    return True
-
-
-_ready: set[np.dtype] = set()
-
-
-def _ensure_compiled(dtype: np.dtype) -> None:
-    """Compile (or load from numba's disk cache) every loop for ``dtype`` once per process, under the same
-    file lock as the normalization kernels (see :mod:`normlab.kernels.norm`)."""
-    if dtype in _ready:
-        return
-    with _compile_lock():
-        if dtype in _ready:
-            return
-        _ready.add(dtype)  # first: the calls below go through the public functions
-        try:
-            _exercise(dtype)
-        except BaseException:
-            _ready.discard(dtype)
-            raise
-
-
-def _exercise(dtype: np.dtype) -> None:
-    x = np.linspace(-1.0, 1.0, 2 * 2 * 5 * 5).astype(dtype).reshape(2, 2, 5, 5)
-    w = np.ones((3, 2, 3, 3), dtype)
-    y, cache = conv2d_forward(x, w, np.zeros(3, dtype), padding=1)
-    conv2d_backward(y, cache)
-    for pool in (max_pool2d_forward, avg_pool2d_forward):
-        y, cache = pool(x, 2)
-        (max_pool2d_backward if pool is max_pool2d_forward else avg_pool2d_backward)(y, cache)
-    for forward, backward in ((relu_forward, relu_backward), (sigmoid_forward, sigmoid_backward)):
-        y, cache = forward(x)
-        backward(y, cache)
-    flat = x.reshape(-1)
-    L.relu_inplace(flat.copy(), 1)
-    L.sigmoid_inplace(flat.copy(), 1)
-
-
-def _check_grad_shape(dy: np.ndarray, expected: tuple[int, ...], where: str) -> np.ndarray:
-    dy = check_float_array(dy, where, "gradient")
-    if tuple(dy.shape) != tuple(expected):
-        raise ValueError(f"{where}: expected a gradient of shape {tuple(expected)}, got {dy.shape}")
-    return dy
-
-
 # ----------------------------------------------------------------------------------------------- conv2d
 def conv2d_forward(
     x: np.ndarray,
@@ -116,11 +58,8 @@ def conv2d_forward(
     stride: int | Pair = 1,
     padding: int | Pair = 0,
     dilation: int | Pair = 1,
-) -> tuple[np.ndarray, FastConv2dCache | F.Conv2dCache]:
+) -> tuple[np.ndarray, FastConv2dCache]:
     """As :func:`normlab.functional.conv2d_forward`; see the module docstring for the layout."""
-    x = check_float_array(x, "conv2d")
-    if not _fast(x):
-        return F.conv2d_forward(x, weight, bias, stride, padding, dilation)
     out_channels, in_channels, kh, kw = weight.shape
     geo = conv2d_geometry(x, weight.shape, stride, padding, dilation)
     dt = compute_dtype(x.dtype)
@@ -148,16 +87,11 @@ def _window_args(geo: Geometry) -> tuple[int, ...]:
     return (*geo.stride, *geo.padding, *geo.dilation)
 
 
-def conv2d_backward(
-    dy: np.ndarray, cache: FastConv2dCache | F.Conv2dCache, input_grad: bool = True
-) -> Conv2dGrads:
+def conv2d_backward(dy: np.ndarray, cache: FastConv2dCache, input_grad: bool = True) -> Conv2dGrads:
     """Gradients of :func:`conv2d_forward`; ``input_grad=False`` skips ``dx`` (returned as ``None``)."""
-    if isinstance(cache, F.Conv2dCache):
-        return F.conv2d_backward(dy, cache, input_grad)
     out_channels = cache.weight_shape[0]
     n = cache.input_shape[0]
     oh, ow = cache.geometry.output_hw
-    dy = _check_grad_shape(dy, (n, out_channels, oh, ow), "conv2d backward")
     dt = cache.weight_matrix.dtype
     ckk, length = cache.cols_t.shape[0], oh * ow
     g = np.empty((out_channels, n, length), dtype=dt)
@@ -200,10 +134,7 @@ def max_pool2d_forward(
     padding: int | Pair = 0,
 ) -> tuple[np.ndarray, MaxPool2dCache]:
     """As :func:`normlab.functional.max_pool2d_forward` (same cache: the argmax offset in each window)."""
-    x = check_float_array(x, "max_pool2d")
     geo = pool_geometry(x.shape, kernel_size, stride, padding, "max_pool2d")
-    if not _fast(x):
-        return F.max_pool2d_forward(x, kernel_size, stride, padding)
     n, c = x.shape[:2]
     oh, ow = geo.output_hw
     y = np.empty((n * c, oh, ow), dtype=x.dtype)
@@ -217,11 +148,7 @@ def max_pool2d_forward(
 def max_pool2d_backward(dy: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     """``dx`` of :func:`max_pool2d_forward`: each window's gradient goes to its maximum."""
     expected = (*cache.input_shape[:2], *cache.geometry.output_hw)
-    dy = _check_grad_shape(dy, expected, "max_pool2d backward")
     dt = compute_dtype(cache.input_dtype)
-    if dt not in _KERNEL_DTYPES or cache.input_dtype == np.float16 or dy.size == 0:
-        return F.max_pool2d_backward(dy, cache)
-    _ensure_compiled(dt)
     n, c, h, w = cache.input_shape
     geo = cache.geometry
     dx = np.zeros((n * c, h, w), dtype=dt)
@@ -239,10 +166,7 @@ def avg_pool2d_forward(
     count_include_pad: bool = True,
 ) -> tuple[np.ndarray, AvgPool2dCache]:
     """As :func:`normlab.functional.avg_pool2d_forward` (same cache: the divisor of each window)."""
-    x = check_float_array(x, "avg_pool2d")
     geo = pool_geometry(x.shape, kernel_size, stride, padding, "avg_pool2d")
-    if not _fast(x):
-        return F.avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad)
     n, c = x.shape[:2]
     oh, ow = geo.output_hw
     divisor = _divisor(geo, x.dtype, count_include_pad)
@@ -265,12 +189,7 @@ def _divisor(geo: Geometry, dt: np.dtype, count_include_pad: bool) -> np.ndarray
 
 def avg_pool2d_backward(dy: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     """``dx`` of :func:`avg_pool2d_forward`: every value of a window receives ``g / divisor``."""
-    expected = (*cache.input_shape[:2], *cache.geometry.output_hw)
-    dy = _check_grad_shape(dy, expected, "avg_pool2d backward")
     dt = cache.divisor.dtype
-    if dt not in _KERNEL_DTYPES or cache.input_dtype == np.float16 or dy.size == 0:
-        return F.avg_pool2d_backward(dy, cache)
-    _ensure_compiled(dt)
     n, c, h, w = cache.input_shape
     geo = cache.geometry
     dx = np.zeros((n * c, h, w), dtype=dt)
@@ -287,9 +206,6 @@ def _flat(a: np.ndarray) -> np.ndarray:
 
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
     """``max(x, 0)``; as :func:`normlab.functional.relu_forward` (keeps the input), bit for bit."""
-    x = check_float_array(x, "relu")
-    if not _fast(x):
-        return F.relu_forward(x)
     y = np.empty(x.shape, dtype=x.dtype)
     L.relu_forward(_flat(x), _threads(), y.reshape(-1))
     return y, ActivationCache(x, x.dtype)
@@ -298,9 +214,6 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
 def relu_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """``dy`` where the input was > 0, else 0."""
     saved = cache.saved
-    dy = _check_grad_shape(dy, saved.shape, "relu backward")
-    if not _fast(saved):
-        return F.relu_backward(dy, cache)
     dx = np.empty(saved.shape, dtype=saved.dtype)
     L.relu_backward(
         _flat(dy.astype(saved.dtype, copy=False)), _flat(saved), _threads(), dx.reshape(-1)
@@ -311,9 +224,6 @@ def relu_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
     """``1 / (1 + exp(-x))`` without overflow; as :func:`normlab.functional.sigmoid_forward` (keeps the
     output), to a few ulps (LLVM's ``exp``)."""
-    x = check_float_array(x, "sigmoid")
-    if not _fast(x):
-        return F.sigmoid_forward(x)
     s = np.empty(x.shape, dtype=x.dtype)
     L.sigmoid_forward(_flat(x), _threads(), s.reshape(-1))
     return s, ActivationCache(s, x.dtype)
@@ -322,9 +232,6 @@ def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
 def sigmoid_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """``dy · s · (1 - s)`` from the output ``s``."""
     s = cache.saved
-    dy = _check_grad_shape(dy, s.shape, "sigmoid backward")
-    if not _fast(s):
-        return F.sigmoid_backward(dy, cache)
     dx = np.empty(s.shape, dtype=s.dtype)
     L.sigmoid_backward(_flat(dy.astype(s.dtype, copy=False)), _flat(s), _threads(), dx.reshape(-1))
     return dx.astype(cache.input_dtype, copy=False)
@@ -333,7 +240,6 @@ def sigmoid_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 def activation_inplace(y: np.ndarray, activation: str) -> None:
     """Apply ``"relu"`` or ``"sigmoid"`` to the contiguous float32/float64 array ``y`` in place (the fused
     batch norm + activation of :mod:`normlab.kernels.norm`): the same values as the ops above."""
-    _ensure_compiled(y.dtype)
     flat = y.reshape(-1)
     if activation == "relu":
         L.relu_inplace(flat, _threads())

@@ -20,28 +20,21 @@ The cache keeps the input itself (no copy, unless it was not contiguous or read-
 shift, the shifted mean and 1/std: backward recomputes the normalized input from them instead of reading a
 stored one.  Do not modify the input in place between forward and backward.
 
-float16 input and empty input go to the reference implementation (the numbers are the same; nothing there is
-hot), and so does a backward given a reference cache.
+The functions take validated, non-empty float32/float64 arrays: the public op validates before it dispatches,
+and :func:`normlab.kernels.resolve` sends float16 and empty input to the reference (one rule, in one place).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from normlab import functional as F
-from normlab.backend import check_float_array
-from normlab.functional.activation import ActivationCache
-from normlab.functional.norm import ACTIVATIONS, NormCache, NormGrads, Shape
+from normlab.functional.norm import NormGrads, Shape
 from normlab.kernels import _loops as L
+from normlab.kernels._compile import kernel_array, threads
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -54,7 +47,7 @@ class KernelNormCache:
     layout: str  # "bn_rows", "bn_planes", "rows" (layer/RMS norm) or "groups" (group/instance norm)
     x: np.ndarray  # the input in the kernel's view, contiguous: backward recomputes x_c from it
     shift: np.ndarray  # per statistic, compute dtype: the value subtracted before summing
-    dmean: np.ndarray  # per statistic, compute dtype: mean - shift
+    shifted_mean: np.ndarray  # per statistic, compute dtype: mean - shift
     rstd: np.ndarray  # per statistic, compute dtype: 1 / sqrt(var + eps), 0 where var + eps == 0
     variance: (
         np.ndarray
@@ -74,7 +67,7 @@ class KernelNormCache:
     @property
     def mean(self) -> np.ndarray:
         """The mean used, keepdims in the statistics view (zeros for RMS norm); made when asked for."""
-        mean = self.shift + self.dmean if self.center else np.zeros_like(self.shift)
+        mean = self.shift + self.shifted_mean if self.center else np.zeros_like(self.shift)
         return mean.reshape(self.stats_view)
 
     @property
@@ -83,87 +76,16 @@ class KernelNormCache:
         return self.variance.reshape(self.stats_view)
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _uses_reference(x: np.ndarray) -> bool:
-    """True where the reference takes over (float16, empty input); else makes sure the kernels are ready."""
-    if x.dtype not in _KERNEL_DTYPES or x.size == 0:
-        return True
-    _ensure_compiled(x.dtype)
-    return False
-
-
-# ----------------------------------------------------------------------------------------------- compilation
-# numba compiles a kernel on its first call for a dtype and caches the machine code on disk.  That cache is
-# not safe against two processes compiling the same function at the same time (one process's index can end
-# up naming the other's machine code: "can't unbox array", or worse), which is exactly what a first
-# ``pytest -n 2`` does.  So the first use of a dtype in a process calls every kernel once on tiny inputs while
-# holding a file lock: one process compiles and writes the cache, the others wait and then load it.
-_ready: set[np.dtype] = set()
-
-
-@contextlib.contextmanager
-def _compile_lock() -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): compile without the lock
-        yield
-        return
-    path = os.path.join(tempfile.gettempdir(), f"normlab-kernels-{os.getuid()}.lock")
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _ensure_compiled(dtype: np.dtype) -> None:
-    if dtype in _ready:
-        return
-    with _compile_lock():
-        if dtype in _ready:
-            return
-        _ready.add(dtype)  # first: the calls below go through the public functions
-        try:
-            _exercise(dtype)
-        except BaseException:
-            _ready.discard(dtype)
-            raise
-
-
-def _exercise(dtype: np.dtype) -> None:
-    """Call every kernel once for ``dtype`` (the argument types real calls use), forward and backward."""
-    x = np.linspace(-1.0, 1.0, 24).astype(dtype)
-    stats = (np.zeros(4, dtype), np.ones(4, dtype))
-    for shape in ((6, 4), (2, 4, 3)):  # batch norm over rows and over planes
-        for training in (True, False):
-            _, cache = batch_norm_forward(x.reshape(shape), None, None, *stats, training=training)
-            _backward(x.reshape(shape), cache)
-    for _, cache in (
-        layer_norm_forward(x.reshape(6, 4), (4,)),
-        group_norm_forward(x.reshape(2, 4, 3), 2),
-    ):
-        _backward(x.reshape(cache.input_shape), cache)
-
-
 def _param(p: np.ndarray | None, size: int, dtype: np.dtype, fill: float) -> np.ndarray:
     """A parameter as a flat contiguous array of the compute dtype; ``fill`` (1 or 0) when absent."""
     if p is None:
         return np.full(size, fill, dtype=dtype)
-    return _kernel_array(np.asarray(p, dtype=dtype).reshape(size))
-
-
-def _kernel_array(a: np.ndarray) -> np.ndarray:
-    """``a`` as the kernels are compiled for: C-contiguous and writeable (a read-only array would be another
-    numba type, compiled again at run time); copied only where it is neither already."""
-    if a.flags.c_contiguous and a.flags.writeable:
-        return a
-    return np.array(a, order="C")
+    return kernel_array(np.asarray(p, dtype=dtype).reshape(size))
 
 
 def _blocks(rows: int) -> int:
     """Row blocks for the row-parallel loops: one per thread, so each thread streams one contiguous range."""
-    return max(1, min(rows, numba.get_num_threads()))
+    return max(1, min(rows, threads()))
 
 
 def _inverse_std(var64: np.ndarray, eps: float) -> np.ndarray:
@@ -180,7 +102,7 @@ def _make_cache(
         layout=layout,
         x=x,
         shift=stats["shift"],
-        dmean=stats["dmean"],
+        shifted_mean=stats["shifted_mean"],
         rstd=stats["rstd"],
         variance=stats["var"],
         stats_view=view,
@@ -191,7 +113,7 @@ def _make_cache(
 def _empty_stats(size: int, dtype: np.dtype) -> dict[str, np.ndarray]:
     """Per-statistic outputs of a forward kernel, as rows of one (4, size) allocation."""
     block = np.empty((4, size), dtype=dtype)
-    return {"shift": block[0], "dmean": block[1], "var": block[2], "rstd": block[3]}
+    return {"shift": block[0], "shifted_mean": block[1], "var": block[2], "rstd": block[3]}
 
 
 def _param_shape(weight: np.ndarray | None, bias: np.ndarray | None) -> Shape | None:
@@ -207,37 +129,28 @@ def batch_norm_forward(
     running_mean: np.ndarray | None = None,
     running_var: np.ndarray | None = None,
     *,
-    training: bool = True,
+    use_input_stats: bool = True,
     eps: float = 1e-5,
-) -> tuple[np.ndarray, KernelNormCache | NormCache]:
+) -> tuple[np.ndarray, KernelNormCache]:
     """Batch norm of channels-first ``x`` (N, C, *spatial); as :func:`normlab.functional.batch_norm_forward`."""
-    x = check_float_array(x, "batch_norm")
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected input of shape (N, C, *), got shape {x.shape}")
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError("batch_norm: training=False needs running_mean and running_var")
-    if _uses_reference(x):
-        return F.batch_norm_forward(
-            x, weight, bias, running_mean, running_var, training=training, eps=eps
-        )
     dt = x.dtype
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
     eps = float(eps)  # one compiled signature, whatever scalar type the caller passes
     w, b = _param(weight, c, dt, 1.0), _param(bias, c, dt, 0.0)
     rows = s == 1  # (N, C): statistics per column of rows; else per channel of (N, C, S) planes
-    xk = _kernel_array(x).reshape((n, c) if rows else (n, c, s))
+    xk = kernel_array(x).reshape((n, c) if rows else (n, c, s))
     y = np.empty_like(xk)
-    if training:
+    if use_input_stats:
         stats = _empty_stats(c, dt)
-        st = (stats["shift"], stats["dmean"], stats["var"], stats["rstd"])
+        st = (stats["shift"], stats["shifted_mean"], stats["var"], stats["rstd"])
         if rows:
             L.bn_rows_forward_train(xk, w, b, eps, _blocks(n), y, *st)
         else:
             L.bn_planes_forward_train(xk, w, b, eps, y, *st)
     else:
         stats = _given_stats(running_mean, running_var, c, dt, eps)
-        st = (stats["shift"], stats["dmean"], stats["rstd"])
+        st = (stats["shift"], stats["shifted_mean"], stats["rstd"])
         if rows:
             L.bn_rows_forward_given(xk, w, b, _blocks(n), y, *st)
         else:
@@ -254,7 +167,7 @@ def batch_norm_forward(
         param_shape=_param_shape(weight, bias),
         has_bias=bias is not None,
         center=True,
-        input_stats=training,
+        input_stats=use_input_stats,
         groups=1,
         segment=s,
     )
@@ -268,70 +181,18 @@ def _given_stats(
     var_t = _param(var, c, dt, 1.0)
     return {
         "shift": _param(mean, c, dt, 0.0),
-        "dmean": np.zeros(c, dtype=dt),
+        "shifted_mean": np.zeros(c, dtype=dt),
         "var": var_t,
         "rstd": _inverse_std(var_t.astype(np.float64), eps).astype(dt),
     }
 
 
-def batch_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
+def batch_norm_backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,)."""
-    return _dispatch_backward(dy, cache)
-
-
-# ----------------------------------------------------------------------------------------------- batch norm + act
-def batch_norm_activation_forward(
-    x: np.ndarray,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
-    running_mean: np.ndarray | None = None,
-    running_var: np.ndarray | None = None,
-    *,
-    training: bool = True,
-    eps: float = 1e-5,
-    activation: str = "relu",
-) -> tuple[np.ndarray, F.BatchNormActivationCache]:
-    """``activation(batch_norm(x))``; as :func:`normlab.functional.batch_norm_activation_forward`.
-
-    The batch norm kernel writes a fresh output and the activation is applied to it in place, one parallel
-    pass while it is warm in cache: no second output array, no second layer call.  The values are those of
-    the unfused kernels (the batch norm kernel, then :mod:`normlab.kernels.layers`' activation).
-    """
-    from normlab.kernels import (
-        layers,
-    )  # the activation loops; imported here: layers imports this module
-
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"batch_norm_activation: activation must be one of {sorted(ACTIVATIONS)}")
-    y, norm_cache = batch_norm_forward(
-        x, weight, bias, running_mean, running_var, training=training, eps=eps
-    )
-    if isinstance(norm_cache, NormCache):  # float16 or empty: the reference did the batch norm
-        out, act_cache = ACTIVATIONS[activation][0](y)
-        return out, F.BatchNormActivationCache(norm_cache, activation, act_cache)
-    layers.activation_inplace(y, activation)
-    # ReLU's backward needs y > 0, which the output tells as well as the input (relu(y) > 0 iff y > 0)
-    return y, F.BatchNormActivationCache(norm_cache, activation, ActivationCache(y, y.dtype))
-
-
-def batch_norm_activation_backward(dy: np.ndarray, cache: F.BatchNormActivationCache) -> NormGrads:
-    """Gradients of :func:`batch_norm_activation_forward`: the activation's derivative (one parallel pass),
-    then the batch norm backward kernel."""
-    from normlab.kernels import layers
-
-    backward = layers.relu_backward if cache.activation == "relu" else layers.sigmoid_backward
-    return batch_norm_backward(backward(dy, cache.act), cache.norm)
+    return _backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- layer norm
-def _check_trailing(x: np.ndarray, normalized_shape: Shape, where: str) -> None:
-    k = len(normalized_shape)
-    if x.ndim < k or tuple(x.shape[x.ndim - k :]) != tuple(normalized_shape):
-        raise ValueError(
-            f"{where}: expected input ending in {tuple(normalized_shape)}, got shape {x.shape}"
-        )
-
-
 def _rows_forward(
     x: np.ndarray,
     normalized_shape: Shape,
@@ -346,11 +207,11 @@ def _rows_forward(
     r = x.size // d
     eps = float(eps)
     w, b = _param(weight, d, dt, 1.0), _param(bias, d, dt, 0.0)
-    xk = _kernel_array(x).reshape(r, d)
+    xk = kernel_array(x).reshape(r, d)
     y = np.empty_like(xk)
     stats = _empty_stats(r, dt)
     L.rows_forward(
-        xk, w, b, eps, center, y, stats["shift"], stats["dmean"], stats["var"], stats["rstd"]
+        xk, w, b, eps, center, y, stats["shift"], stats["shifted_mean"], stats["var"], stats["rstd"]
     )
     k = len(normalized_shape)
     cache = _make_cache(
@@ -378,18 +239,14 @@ def layer_norm_forward(
     weight: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     eps: float = 1e-5,
-) -> tuple[np.ndarray, KernelNormCache | NormCache]:
+) -> tuple[np.ndarray, KernelNormCache]:
     """Layer norm over the trailing ``normalized_shape`` axes; see ``functional.layer_norm_forward``."""
-    x = check_float_array(x, "layer_norm")
-    _check_trailing(x, normalized_shape, "layer_norm")
-    if _uses_reference(x):
-        return F.layer_norm_forward(x, normalized_shape, weight, bias, eps)
     return _rows_forward(x, tuple(normalized_shape), weight, bias, eps, center=True)
 
 
-def layer_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
+def layer_norm_backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Gradients of :func:`layer_norm_forward`; parameter gradients have ``normalized_shape``."""
-    return _dispatch_backward(dy, cache)
+    return _backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- RMS norm
@@ -398,19 +255,15 @@ def rms_norm_forward(
     normalized_shape: Shape,
     weight: np.ndarray | None = None,
     eps: float | None = None,
-) -> tuple[np.ndarray, KernelNormCache | NormCache]:
+) -> tuple[np.ndarray, KernelNormCache]:
     """RMS norm over the trailing ``normalized_shape`` axes; see :func:`normlab.functional.rms_norm_forward`."""
-    x = check_float_array(x, "rms_norm")
-    _check_trailing(x, normalized_shape, "rms_norm")
-    if _uses_reference(x):
-        return F.rms_norm_forward(x, normalized_shape, weight, eps)
     eps = float(np.finfo(x.dtype).eps) if eps is None else eps
     return _rows_forward(x, tuple(normalized_shape), weight, None, eps, center=False)
 
 
-def rms_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
+def rms_norm_backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Gradients of :func:`rms_norm_forward` (``dbias`` is ``None``)."""
-    return _dispatch_backward(dy, cache)
+    return _backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- group norm
@@ -428,11 +281,21 @@ def _groups_forward(
     s = math.prod(x.shape[2:])
     groups, eps = int(groups), float(eps)
     w, b = _param(weight, c, dt, 1.0), _param(bias, c, dt, 0.0)
-    xk = _kernel_array(x).reshape(n * groups, (c // groups) * s)
+    xk = kernel_array(x).reshape(n * groups, (c // groups) * s)
     y = np.empty_like(xk)
     stats = _empty_stats(n * groups, dt)
     L.groups_forward(
-        xk, groups, s, w, b, eps, y, stats["shift"], stats["dmean"], stats["var"], stats["rstd"]
+        xk,
+        groups,
+        s,
+        w,
+        b,
+        eps,
+        y,
+        stats["shift"],
+        stats["shifted_mean"],
+        stats["var"],
+        stats["rstd"],
     )
     cache = _make_cache(
         "groups",
@@ -459,22 +322,14 @@ def group_norm_forward(
     weight: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     eps: float = 1e-5,
-) -> tuple[np.ndarray, KernelNormCache | NormCache]:
+) -> tuple[np.ndarray, KernelNormCache]:
     """Group norm of (N, C, *spatial) ``x``; see :func:`normlab.functional.group_norm_forward`."""
-    x = check_float_array(x, "group_norm")
-    if x.ndim < 2 or x.shape[1] % num_groups != 0:
-        raise ValueError(
-            f"group_norm: expected input (N, C, *) with C divisible by num_groups={num_groups}, "
-            f"got shape {x.shape}"
-        )
-    if _uses_reference(x):
-        return F.group_norm_forward(x, num_groups, weight, bias, eps)
     return _groups_forward(x, num_groups, weight, bias, eps, (x.shape[0], num_groups, 1))
 
 
-def group_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
+def group_norm_backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Gradients of :func:`group_norm_forward`."""
-    return _dispatch_backward(dy, cache)
+    return _backward(dy, cache)
 
 
 # ----------------------------------------------------------------------------------------------- instance norm
@@ -487,65 +342,39 @@ def instance_norm_forward(
     *,
     use_input_stats: bool = True,
     eps: float = 1e-5,
-) -> tuple[np.ndarray, KernelNormCache | NormCache]:
+) -> tuple[np.ndarray, KernelNormCache]:
     """Instance norm of (N, C, *spatial) ``x``; see :func:`normlab.functional.instance_norm_forward`.
 
     With the input's statistics it is group norm with one channel per group; with given running statistics it
     is batch norm in eval mode.
     """
-    x = check_float_array(x, "instance_norm")
-    if x.ndim < 3:
-        raise ValueError(
-            f"instance_norm: expected input of shape (N, C, *spatial), got shape {x.shape}"
-        )
-    if not use_input_stats and (running_mean is None or running_var is None):
-        raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
-    if _uses_reference(x):
-        return F.instance_norm_forward(
-            x, weight, bias, running_mean, running_var, use_input_stats=use_input_stats, eps=eps
-        )
     if (
         not use_input_stats
-    ):  # each statistic is a running one over the spatial axes, like batch norm's in eval
+    ):  # each statistic is a running one over the spatial axes, as batch norm's in eval
         y, cache = batch_norm_forward(
-            x, weight, bias, running_mean, running_var, training=False, eps=eps
+            x, weight, bias, running_mean, running_var, use_input_stats=False, eps=eps
         )
         return y, dataclasses.replace(cache, count=math.prod(x.shape[2:]))
     n, c = x.shape[:2]
     return _groups_forward(x, c, weight, bias, eps, (n, c) + (1,) * (x.ndim - 2))
 
 
-def instance_norm_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
+def instance_norm_backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Gradients of :func:`instance_norm_forward`."""
-    return _dispatch_backward(dy, cache)
-
-
-# ----------------------------------------------------------------------------------------------- backward
-def _dispatch_backward(dy: np.ndarray, cache: KernelNormCache | NormCache) -> NormGrads:
-    """The backward for whichever forward made ``cache``: a reference cache (float16 or empty input, where
-    the forward fell back to the reference) goes to the reference's closed form, a kernel cache to the
-    kernels."""
-    if isinstance(cache, NormCache):
-        return F.batch_norm_backward(dy, cache)  # every reference backward is the same closed form
     return _backward(dy, cache)
 
 
+# ----------------------------------------------------------------------------------------------- backward
 def _backward(dy: np.ndarray, cache: KernelNormCache) -> NormGrads:
     """Closed-form gradients for every layout: one pass reducing Σdy and Σdy·x_c, one pass writing dx."""
-    dy = check_float_array(dy, "normalization backward", "gradient")
-    _ensure_compiled(cache.x.dtype)
-    if dy.shape != cache.input_shape:
-        raise ValueError(
-            f"normalization backward: expected a gradient of shape {cache.input_shape}, got {dy.shape}"
-        )
     xk = cache.x
     dt = xk.dtype
-    g = _kernel_array(dy.astype(dt, copy=False)).reshape(xk.shape)
+    g = kernel_array(dy.astype(dt, copy=False)).reshape(xk.shape)
     dx = np.empty_like(xk)
     w = cache.weight if cache.weight is not None else np.ones(_param_size(cache), dtype=dt)
     dweight = np.empty(w.shape[0])
     dbias = np.empty(w.shape[0])
-    st = (cache.shift, cache.dmean, cache.rstd)
+    st = (cache.shift, cache.shifted_mean, cache.rstd)
     if cache.layout == "bn_rows":
         L.bn_rows_backward(
             g, xk, *st, w, cache.input_stats, _blocks(xk.shape[0]), dx, dweight, dbias

@@ -4,6 +4,7 @@ losses and initializers."""
 from normlab.nn import init
 from normlab.nn.activation import GELU, ReLU, Sigmoid, Softmax, Tanh
 from normlab.nn.container import Sequential
+from normlab.nn.fusion import BatchNormAct, fuse
 from normlab.nn.layers import (
     AvgPool2d,
     CachedLayer,
@@ -58,6 +59,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct",
     "CachedLayer",
     "Conv2d",
     "CrossEntropyLoss",
@@ -85,6 +87,7 @@ __all__ = [
     "build_module",
     "dropout_generators",
     "freeze_batch_norm",
+    "fuse",
     "init",
     "module_spec",
     "momentum_from_keras",

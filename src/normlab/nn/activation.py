@@ -1,13 +1,12 @@
 """Activation layers: thin modules around the pairs in :mod:`normlab.functional.activation` (no parameters).
 
-ReLU and Sigmoid call :func:`normlab.kernels.layer_ops` (numba fast paths, or the reference with
-``NORMLAB_KERNELS=reference``); a ReLU or Sigmoid right after a batch norm in a ``Sequential`` is fused into it
-(see :class:`normlab.nn.Sequential`).
+Each runs the op :func:`normlab.kernels.resolve` returns (numba fast paths for ReLU and Sigmoid, the
+reference otherwise or with ``NORMLAB_KERNELS=reference``).  A ReLU or Sigmoid right after a batch norm runs
+fused into it in the model :func:`normlab.nn.fuse` returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,12 +18,10 @@ from normlab.nn.registry import register_module
 
 
 class _Activation(CachedLayer):
-    """An elementwise activation: the functional pair does everything.  ``_ops`` names the pair; the cache
-    keeps the backward that belongs to the forward that ran."""
+    """An elementwise activation: the op named ``op_name`` does everything; the cache keeps the backward
+    that belongs to the forward that ran."""
 
-    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        """(forward, backward) of this activation."""
-        raise NotImplementedError
+    op_name: str  # the op in normlab.kernels' backend record
 
     def _args(self, x: np.ndarray) -> tuple[Any, ...]:
         """Extra arguments of the forward after the input (checked against it)."""
@@ -32,9 +29,9 @@ class _Activation(CachedLayer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
-        forward, backward = self._ops()
-        y, cache = forward(x, *self._args(x))
-        self._keep((cache, backward), y)
+        op = kernels.resolve(self.op_name, x)
+        y, cache = op.forward(x, *self._args(x))
+        self._keep((cache, op.backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
@@ -46,26 +43,21 @@ class _Activation(CachedLayer):
 class ReLU(_Activation):
     """``max(x, 0)``; the derivative at 0 is taken as 0 (PyTorch's choice)."""
 
-    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        ops = kernels.layer_ops()  # the numba fast path or the reference (normlab.kernels)
-        return ops.relu_forward, ops.relu_backward
+    op_name = "relu"
 
 
 @register_module
 class Sigmoid(_Activation):
     """``1 / (1 + exp(-x))``, computed without overflow."""
 
-    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        ops = kernels.layer_ops()
-        return ops.sigmoid_forward, ops.sigmoid_backward
+    op_name = "sigmoid"
 
 
 @register_module
 class Tanh(_Activation):
     """``tanh(x)``."""
 
-    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        return F.tanh_forward, F.tanh_backward
+    op_name = "tanh"
 
 
 @register_module
@@ -73,14 +65,13 @@ class GELU(_Activation):
     """``x * Phi(x)`` with the exact normal CDF (``approximate="none"``, PyTorch's default) or the tanh
     approximation (``approximate="tanh"``)."""
 
+    op_name = "gelu"
+
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
         if approximate not in F.GELU_APPROXIMATIONS:
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
-
-    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        return F.gelu_forward, F.gelu_backward
 
     def _args(self, x: np.ndarray) -> tuple[Any, ...]:
         return (self.approximate,)
@@ -99,12 +90,11 @@ class Softmax(_Activation):
     For classification, feed the logits to ``CrossEntropyLoss`` instead: it applies a stable log-softmax itself.
     """
 
+    op_name = "softmax"
+
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
         self.dim = int(dim)
-
-    def _ops(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        return F.softmax_forward, F.softmax_backward
 
     def _args(self, x: np.ndarray) -> tuple[Any, ...]:
         if not -x.ndim <= self.dim < max(x.ndim, 1):

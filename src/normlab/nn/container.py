@@ -7,13 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from normlab.nn.activation import ReLU, Sigmoid
 from normlab.nn.module import Module
-from normlab.nn.norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normlab.nn.registry import build_module, module_spec, register_module
-
-_BATCH_NORMS = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
-_FUSABLE_ACTIVATIONS: dict[type, str] = {ReLU: "relu", Sigmoid: "sigmoid"}
 
 
 @register_module
@@ -25,13 +20,9 @@ class Sequential(Module):
     ``1.running_mean``, ...).  Indexing returns a child (``model[0]``) or, for a slice, a new ``Sequential``
     sharing the same child objects.
 
-    Two things make a training step cheaper, with the same results:
-
-    * **fusion**: a ``BatchNorm1d/2d/3d`` directly followed by a ``ReLU`` or ``Sigmoid`` runs as one op
-      (:meth:`~normlab.nn.BatchNorm2d.forward_activation`); the activation layer is then skipped in forward and
-      backward (its own cache stays empty).  ``fuse_activations = False`` on an instance turns this off.
-    * **no input gradient**: after ``requires_input_grad_(False)`` (the input is data), the first layer is
-      told so and may skip computing dL/dx; ``backward`` then returns ``None``.
+    After ``requires_input_grad_(False)`` (the input is data), the first layer is told so and may skip
+    computing dL/dx; ``backward`` then returns ``None``.  (Fusing a batch norm with the activation after it is
+    a separate step: :func:`normlab.nn.fuse`.)
 
     >>> import numpy as np
     >>> from normlab import nn
@@ -42,12 +33,8 @@ class Sequential(Module):
     ['0.weight', '0.bias', '1.weight']
     """
 
-    # a class default; set it to False on an instance to run the layers one by one
-    fuse_activations: bool = True
-
     def __init__(self, *layers: Module) -> None:
         super().__init__()
-        self._ran: list[Module] | None = None
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Module")
@@ -74,34 +61,14 @@ class Sequential(Module):
         return layers[index]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        layers = list(self._modules.values())
-        ran: list[Module] = []  # the modules that ran, in order: what backward walks back through
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            activation = self._fusable(layer, layers[i + 1] if i + 1 < len(layers) else None)
-            if activation is None:
-                x = layer(x)
-                i += 1
-            else:  # batch norm + the activation after it, as one op
-                x = layer.forward_activation(x, activation)
-                i += 2
-            ran.append(layer)
-        self._ran = ran
+        for layer in self._modules.values():
+            x = layer(x)
         return x
 
-    def _fusable(self, layer: Module, following: Module | None) -> str | None:
-        """The activation to fuse into ``layer`` ("relu", "sigmoid") or ``None``."""
-        if not self.fuse_activations or type(layer) not in _BATCH_NORMS:
-            return None
-        return _FUSABLE_ACTIVATIONS.get(type(following))
-
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
-        """The gradient through the modules of the last forward in reverse order; ``None`` when
-        ``requires_input_grad`` is off and the first layer skipped the input gradient."""
-        ran = self._ran if self._ran is not None else list(self._modules.values())
-        self._ran = None  # one backward per forward (the layers' caches are used up too)
-        for layer in reversed(ran):
+        """The gradient through the children in reverse order; ``None`` when ``requires_input_grad`` is off
+        and the first layer skipped the input gradient."""
+        for layer in reversed(self._modules.values()):
             grad_output = layer.backward(grad_output)
         return grad_output
 

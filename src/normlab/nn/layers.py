@@ -3,9 +3,8 @@
 Each ``forward`` validates its input (errors name the layer and the expected vs received shape or dtype),
 calls the functional forward and keeps the cache for exactly one ``backward`` (nothing is kept under
 ``no_grad()``).  ``backward(dy)`` returns dL/dx and accumulates parameter gradients into ``.grad``.
-``Conv2d`` and the pooling layers call :func:`normlab.kernels.layer_ops` (the numba fast paths, or the
-reference itself with ``NORMLAB_KERNELS=reference``) and keep the matching backward with the cache;
-``Linear`` is one BLAS product each way already.  ``Linear`` and ``Conv2d`` return ``None`` from
+Each layer runs the op :func:`normlab.kernels.resolve` returns (a numba fast path where one is registered,
+else the reference) and keeps that op's backward with the cache.  ``Linear`` and ``Conv2d`` return ``None`` from
 ``backward`` instead of dL/dx when ``requires_input_grad`` is off (see
 :meth:`normlab.nn.Module.requires_input_grad_`).
 
@@ -137,16 +136,15 @@ class Linear(_WeightAndBias):
                 f"{self._label()}: expected input of shape (N, {self.in_features}), i.e. "
                 f"{self.in_features} features in the last dimension, got shape {x.shape}{hint}"
             )
-        y, cache = F.linear_forward(
-            x, self.weight.data, None if self.bias is None else self.bias.data
-        )
-        self._keep(cache, y)
+        op = kernels.resolve("linear", x)
+        y, cache = op.forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._keep((cache, op.backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
         """dL/dx (``None`` if ``requires_input_grad`` is off); accumulates the parameter gradients."""
-        dy, cache = self._take_cache(grad_output)
-        grads = F.linear_backward(dy, cache, input_grad=self.requires_input_grad)
+        dy, (cache, backward) = self._take_cache(grad_output)
+        grads = backward(dy, cache, input_grad=self.requires_input_grad)
         _accumulate(self.weight, grads.dweight, self.bias, grads.dbias)
         return grads.dx
 
@@ -212,8 +210,8 @@ class Conv2d(_WeightAndBias):
         window_geometry(
             x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self._label()
         )
-        ops = kernels.layer_ops()  # the numba fast path or the reference (normlab.kernels)
-        y, cache = ops.conv2d_forward(
+        op = kernels.resolve("conv2d", x)
+        y, cache = op.forward(
             x,
             self.weight.data,
             None if self.bias is None else self.bias.data,
@@ -221,7 +219,7 @@ class Conv2d(_WeightAndBias):
             self.padding,
             self.dilation,
         )
-        self._keep((cache, ops.conv2d_backward), y)  # a backward always matches its forward's ops
+        self._keep((cache, op.backward), y)  # a backward always matches its forward's op
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
@@ -290,11 +288,10 @@ class MaxPool2d(_Pool2d):
     """Max over each window; input (N, C, H, W).  ``stride`` defaults to ``kernel_size``; padding is -inf."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        ops = kernels.layer_ops()
-        y, cache = ops.max_pool2d_forward(
-            self._check_input(x), self.kernel_size, self.stride, self.padding
-        )
-        self._keep((cache, ops.max_pool2d_backward), y)
+        x = self._check_input(x)
+        op = kernels.resolve("max_pool2d", x)
+        y, cache = op.forward(x, self.kernel_size, self.stride, self.padding)
+        self._keep((cache, op.backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
@@ -318,15 +315,16 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        ops = kernels.layer_ops()
-        y, cache = ops.avg_pool2d_forward(
-            self._check_input(x),
+        x = self._check_input(x)
+        op = kernels.resolve("avg_pool2d", x)
+        y, cache = op.forward(
+            x,
             self.kernel_size,
             self.stride,
             self.padding,
             self.count_include_pad,
         )
-        self._keep((cache, ops.avg_pool2d_backward), y)
+        self._keep((cache, op.backward), y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Normalization layers: thin holders of parameters, running statistics and mode around the normalization ops.
 
-The ops are :func:`normlab.kernels.ops`: the fused numba kernels by default, the readable ``functional.norm``
-reference with ``NORMLAB_KERNELS=reference`` (the two are tested equal).
+Each forward validates its input, then runs the op :func:`normlab.kernels.resolve` returns: the fused numba
+kernels by default, the readable ``functional.norm`` reference with ``NORMLAB_KERNELS=reference`` or where no
+kernel applies (the two are tested equal).
 
 Names, arguments, defaults and state-dict keys are PyTorch's, so weights move between the two as a plain dict
 of arrays.  Conventions (see ``CONVENTIONS.md``):
@@ -41,6 +42,7 @@ import numpy as np
 from normlab import functional as F
 from normlab import kernels
 from normlab.backend import FLOAT_DTYPES, as_param_dtype, check_float_array, is_grad_enabled
+from normlab.functional import checks
 from normlab.functional.norm import NormGrads
 from normlab.nn.module import Module, Parameter
 from normlab.nn.registry import dtype_name
@@ -89,8 +91,9 @@ def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
 class _Normalization(Module):
     """What every normalization layer shares: the cache between forward and backward, and backward itself.
 
-    Forward calls the active ops (:func:`normlab.kernels.ops`: the numba kernels or the NumPy reference) and
-    keeps the cache together with the backward of the same ops, so a backward always matches its forward.
+    Forward validates, runs the op :func:`normlab.kernels.resolve` returns (a numba kernel or the NumPy
+    reference) and keeps the cache together with that op's backward, so a backward always matches its
+    forward.
     """
 
     def __init__(self) -> None:
@@ -221,7 +224,7 @@ class _NormBase(_Normalization):
     def _label(self) -> str:
         return f"{type(self).__name__}({self.num_features})"
 
-    def _check_input(self, x: Any) -> np.ndarray:
+    def _check_ranks(self, x: Any) -> np.ndarray:
         x = self._check_float(x)
         if x.ndim not in self._ranks:
             raise ValueError(
@@ -308,34 +311,23 @@ class _BatchNorm(_NormBase):
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, None)
-
-    def forward_activation(self, x: np.ndarray, activation: str) -> np.ndarray:
-        """``activation(self(x))`` as one op, ``activation`` being ``"relu"`` or ``"sigmoid"``; the next
-        ``backward`` then takes the gradient with respect to the activation's output.
-
-        ``Sequential`` calls this for a batch norm directly followed by a ``ReLU`` or ``Sigmoid`` layer: the
-        numba kernels apply the activation in place on the normalized output (one array and one layer call
-        fewer; the same numbers as the two layers run one after the other).
-        """
-        return self._forward(x, activation)
-
-    def _forward(self, x: np.ndarray, activation: str | None) -> np.ndarray:
         x = self._check_input(x)
+        return self.forward_with(kernels.resolve("batch_norm", x), x)
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        x = self._check_ranks(x)
         self._check_channels(x)
+        return x
+
+    def forward_with(self, op: kernels.Op, x: np.ndarray) -> np.ndarray:
+        """Run ``op`` (batch norm's signature: ``batch_norm`` or a fused ``batch_norm_<activation>``) on the
+        validated input ``x`` as this layer's forward: this layer's parameters, statistics and mode, the
+        running statistics updated, ``op.backward`` kept for the next :meth:`backward`.
+        (:class:`normlab.nn.BatchNormAct` runs its fused kernel through this.)"""
         use_batch_stats = self.training or not self.track_running_stats
-        ops = kernels.ops()
-        if activation is None:
-            forward, backward = ops.batch_norm_forward, ops.batch_norm_backward
-            extra: dict[str, Any] = {}
-        else:
-            forward, backward = (
-                ops.batch_norm_activation_forward,
-                ops.batch_norm_activation_backward,
-            )
-            extra = {"activation": activation}
+        forward, backward = op
         if x.size == 0:  # empty batch: empty output, no statistics, no buffer touched
-            y, cache = forward(x, self._w(), self._b(), training=True, eps=self.eps, **extra)
+            y, cache = forward(x, self._w(), self._b(), use_input_stats=True, eps=self.eps)
             self._keep(cache, backward)
             return y
         count = x.size // self.num_features
@@ -350,9 +342,8 @@ class _BatchNorm(_NormBase):
             self._b(),
             self.running_mean,
             self.running_var,
-            training=use_batch_stats,
+            use_input_stats=use_batch_stats,
             eps=self.eps,
-            **extra,
         )
         if self.training and self.track_running_stats:
             var = self._store_variance(cache.var.reshape(-1), count)
@@ -415,7 +406,7 @@ class _InstanceNorm(_NormBase):
         )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self._check_input(x)
+        x = self._check_ranks(x)
         unbatched = x.ndim == self._ranks[0]
         xb = x[None] if unbatched else x
         self._check_channels(xb)
@@ -428,8 +419,8 @@ class _InstanceNorm(_NormBase):
             )
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        ops = kernels.ops()
-        y, cache = ops.instance_norm_forward(
+        op = kernels.resolve("instance_norm", xb)
+        y, cache = op.forward(
             xb,
             w,
             b,
@@ -443,7 +434,7 @@ class _InstanceNorm(_NormBase):
             instance_mean = cache.mean.reshape(xb.shape[:2])
             instance_var = self._store_variance(cache.var.reshape(xb.shape[:2]), count)
             self._update_running_stats(instance_mean.mean(axis=0), instance_var.mean(axis=0))
-        self._keep(cache, ops.instance_norm_backward)
+        self._keep(cache, op.backward)
         self._unbatched = unbatched
         return y[0] if unbatched else y
 
@@ -527,21 +518,16 @@ class LayerNorm(_Normalization):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_float(x)
-        k = len(self.normalized_shape)
-        if x.ndim < k or x.shape[x.ndim - k :] != self.normalized_shape:
-            raise ValueError(
-                f"{self._label()}: expected input whose trailing dimensions are {self.normalized_shape}, "
-                f"got input of shape {x.shape}"
-            )
-        ops = kernels.ops()
-        y, cache = ops.layer_norm_forward(
+        checks.check_trailing(x, self.normalized_shape, self._label())
+        op = kernels.resolve("layer_norm", x)
+        y, cache = op.forward(
             x,
             self.normalized_shape,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.eps,
         )
-        self._keep(cache, ops.layer_norm_backward)
+        self._keep(cache, op.backward)
         return y
 
     def extra_repr(self) -> str:
@@ -591,16 +577,11 @@ class RMSNorm(_Normalization):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_float(x)
-        k = len(self.normalized_shape)
-        if x.ndim < k or x.shape[x.ndim - k :] != self.normalized_shape:
-            raise ValueError(
-                f"{self._label()}: expected input whose trailing dimensions are {self.normalized_shape}, "
-                f"got input of shape {x.shape}"
-            )
+        checks.check_trailing(x, self.normalized_shape, self._label())
         w = None if self.weight is None else self.weight.data
-        ops = kernels.ops()
-        y, cache = ops.rms_norm_forward(x, self.normalized_shape, w, self.eps)
-        self._keep(cache, ops.rms_norm_backward)
+        op = kernels.resolve("rms_norm", x)
+        y, cache = op.forward(x, self.normalized_shape, w, self.eps)
+        self._keep(cache, op.backward)
         return y
 
     def extra_repr(self) -> str:
@@ -673,15 +654,15 @@ class GroupNorm(_Normalization):
                 f"{self._label()}: each group holds a single value for input of shape {x.shape}; "
                 "the output would be the bias whatever the input"
             )
-        ops = kernels.ops()
-        y, cache = ops.group_norm_forward(
+        op = kernels.resolve("group_norm", x)
+        y, cache = op.forward(
             x,
             self.num_groups,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.eps,
         )
-        self._keep(cache, ops.group_norm_backward)
+        self._keep(cache, op.backward)
         return y
 
     def extra_repr(self) -> str:

@@ -185,12 +185,11 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = np.zeros_like(p.data)
         state["step"] += 1
-        # the rule itself: normlab.optim.updates.adam_update, or its numba twin (normlab.kernels)
-        kernels.optim_ops().adam_update(
-            p.data,
-            grad,
-            state["exp_avg"],
-            state["exp_avg_sq"],
+        # the rule itself: normlab.functional.adam_update, or its numba twin (normlab.kernels)
+        arrays = (p.data, grad, state["exp_avg"], state["exp_avg_sq"])
+        name = "amsgrad_update" if group["amsgrad"] else "adam_update"
+        kernels.resolve(name, *arrays).forward(
+            *arrays,
             state.get("max_exp_avg_sq") if group["amsgrad"] else None,
             step=state["step"],
             lr=group["lr"],

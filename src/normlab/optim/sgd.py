@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from normlab import kernels
 from normlab.nn.module import Parameter
 from normlab.optim.optimizer import Optimizer, check_non_negative
 
@@ -56,14 +57,16 @@ class SGD(Optimizer):
     def _update(
         self, p: Parameter, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]
     ) -> None:
-        momentum, wd = group["momentum"], group["weight_decay"]
-        d = grad + wd * p.data if wd != 0 else grad
-        if momentum != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = np.array(d, copy=True)
-            else:
-                buf *= momentum
-                buf += (1 - group["dampening"]) * d
-            d = d + momentum * buf if group["nesterov"] else buf
-        p.data -= group["lr"] * d
+        # the rule itself: normlab.functional.sgd_update, through the backend record (normlab.kernels)
+        buffer = kernels.resolve("sgd_update", p.data).forward(
+            p.data,
+            grad,
+            state.get("momentum_buffer"),
+            lr=group["lr"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+        )
+        if buffer is not None:
+            state["momentum_buffer"] = buffer

@@ -11,26 +11,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.parity import KERNELS, assert_parity
 from normlab import functional as F
+from normlab import kernels, nn
 from normlab.kernels import norm as K
 from normlab.kernels.norm import KernelNormCache
 
-TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 DTYPES = (np.float32, np.float64)
 AFFINE = ("both", "none", "weight_only")
 
 
 def assert_close(actual, expected, dtype, what: str = "") -> None:
-    if expected is None:
-        assert actual is None, f"{what}: expected None"
-        return
-    assert actual is not None, f"{what}: got None"
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    tol = TOL[np.dtype(dtype)]
-    finite = np.abs(expected[np.isfinite(expected)])
-    scale = max(1.0, float(finite.max())) if finite.size else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+    assert_parity(actual, expected, KERNELS, what, dtype=dtype)
 
 
 def make(shape, dtype, seed=0, mean=3.0, std=2.0):
@@ -73,7 +65,7 @@ def test_batch_norm(shape, dtype, affine, training):
     x, dy = make(shape, dtype), make(shape, dtype, seed=2, mean=0.0, std=1.0)
     w, b = params(shape[1], dtype, affine)
     rm, rv = make(shape[1], dtype, seed=3), np.abs(make(shape[1], dtype, seed=4)) + 0.5
-    check_op("batch_norm", dtype, dy, x, w, b, rm, rv, training=training, eps=1e-5)
+    check_op("batch_norm", dtype, dy, x, w, b, rm, rv, use_input_stats=training, eps=1e-5)
 
 
 def non_contiguous(shape, dtype, view, seed=5):
@@ -256,47 +248,73 @@ def test_nan_propagates_like_the_reference(shape, dtype):
 
 @pytest.mark.parametrize("dtype", (*DTYPES, np.float16))
 def test_empty_batch_gives_empty_output(dtype):
-    x = np.empty((0, 7, 3), dtype=dtype)
-    w, b = params(7, dtype, "both")
-    y, cache = K.batch_norm_forward(x, w, b)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    grads = K.batch_norm_backward(np.empty_like(x), cache)
-    ref = F.batch_norm_backward(np.empty_like(x), F.batch_norm_forward(x, w, b)[1])
-    assert grads.dx.shape == x.shape
-    for a, e in zip(grads, ref, strict=True):
-        np.testing.assert_array_equal(a, e)
-    for name, run in _all_ops(x):
-        y, cache = run(K)
-        assert y.shape == x.shape, name
+    """An empty input resolves to the reference, which gives an empty output."""
+    record = kernels.use("numba")
+    try:
+        x = np.empty((0, 7, 3), dtype=dtype)
+        w, b = params(7, dtype, "both")
+        op = record.resolve("batch_norm", x)
+        assert op is kernels.REFERENCE["batch_norm"]
+        y, cache = op.forward(x, w, b)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        grads = op.backward(np.empty_like(x), cache)
+        ref = F.batch_norm_backward(np.empty_like(x), F.batch_norm_forward(x, w, b)[1])
+        assert grads.dx.shape == x.shape
+        for a, e in zip(grads, ref, strict=True):
+            np.testing.assert_array_equal(a, e)
+        for name, run in _all_ops(x):
+            assert record.resolve(name, x) is kernels.REFERENCE[name], name
+            y, cache = run(F)
+            assert y.shape == x.shape, name
+    finally:
+        kernels.use()
 
 
 def test_float16_falls_back_to_the_reference():
-    x = make((8, 3, 4), np.float16)
-    w, b = params(3, np.float16, "both")
-    (yk, ck), (yr, cr) = K.batch_norm_forward(x, w, b), F.batch_norm_forward(x, w, b)
-    np.testing.assert_array_equal(yk, yr)
-    assert not isinstance(ck, KernelNormCache)
-    dy = make(x.shape, np.float16, seed=3)
-    np.testing.assert_array_equal(
-        K.batch_norm_backward(dy, ck).dx, F.batch_norm_backward(dy, cr).dx
-    )
+    record = kernels.use("numba")
+    try:
+        x = make((8, 3, 4), np.float16)
+        assert record.resolve("batch_norm", x) is kernels.REFERENCE["batch_norm"]
+        layer = nn.BatchNorm1d(3, dtype=np.float16)
+        y = layer(x)
+        yr, cr = F.batch_norm_forward(x, layer.weight.data, layer.bias.data)
+        np.testing.assert_array_equal(y, yr)
+        assert not isinstance(layer._cache, KernelNormCache)
+        dy = make(x.shape, np.float16, seed=3)
+        np.testing.assert_array_equal(layer.backward(dy), F.batch_norm_backward(dy, cr).dx)
+    finally:
+        kernels.use()
 
 
-def test_bad_input_raises_like_the_reference():
+def test_bad_input_raises_in_the_public_op_before_dispatch():
+    """The checks run once, before dispatch, in the reference ops and in the layers (the kernels receive
+    validated arrays): the same messages whichever backend is selected."""
     x = make((4, 6, 3), np.float32)
     with pytest.raises(ValueError, match="batch_norm: expected input of shape"):
-        K.batch_norm_forward(x[0, 0])
-    with pytest.raises(ValueError, match="training=False needs"):
-        K.batch_norm_forward(x, training=False)
-    with pytest.raises(ValueError, match="layer_norm: expected input ending in"):
-        K.layer_norm_forward(x, (4,))
+        F.batch_norm_forward(x[0, 0])
+    with pytest.raises(ValueError, match="use_input_stats=False needs"):
+        F.batch_norm_forward(x, use_input_stats=False)
+    with pytest.raises(
+        ValueError, match=r"layer_norm: expected input whose trailing dimensions are \(4,\)"
+    ):
+        F.layer_norm_forward(x, (4,))
     with pytest.raises(ValueError, match="divisible by num_groups=4"):
-        K.group_norm_forward(x, 4)
+        F.group_norm_forward(x, 4)
     with pytest.raises(TypeError, match="floating-point"):
-        K.batch_norm_forward(x.astype(np.int32))
-    _, cache = K.batch_norm_forward(x)
-    with pytest.raises(ValueError, match="expected a gradient of shape"):
-        K.batch_norm_backward(x[:2], cache)
+        F.batch_norm_forward(x.astype(np.int32))
+    for backend in ("numba", "reference"):
+        kernels.use(backend)
+        try:
+            with pytest.raises(
+                ValueError, match=r"LayerNorm\(\(4,\)\): expected input whose trailing"
+            ):
+                nn.LayerNorm(4)(x)
+            layer = nn.BatchNorm1d(6)
+            layer(x)
+            with pytest.raises(ValueError, match="expected a gradient of shape"):
+                layer.backward(x[:2])
+        finally:
+            kernels.use()
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (3, 7, 5)])

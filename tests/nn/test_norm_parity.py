@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers.norm_cases import CASES, NormCase, randomize
+from helpers.parity import TORCH_NORMS, assert_parity
 
-TOL = {"float64": {"rtol": 1e-10, "atol": 1e-10}, "float32": {"rtol": 1e-4, "atol": 2e-5}}
 TRAIN_STEPS = 3
 
 
@@ -27,13 +27,7 @@ def _torch_module(case: NormCase, state: dict[str, np.ndarray]) -> torch.nn.Modu
 def _compare(
     name: str, ours: np.ndarray | None, theirs: torch.Tensor | None, case: NormCase
 ) -> None:
-    assert (ours is None) == (theirs is None), f"{name}: one side is missing"
-    if ours is None:
-        return
-    expected = theirs.detach().numpy()
-    assert ours.shape == expected.shape, f"{name}: shape {ours.shape} vs torch {expected.shape}"
-    assert ours.dtype == expected.dtype, f"{name}: dtype {ours.dtype} vs torch {expected.dtype}"
-    np.testing.assert_allclose(ours, expected, err_msg=f"{case.id}: {name}", **TOL[case.dtype])
+    assert_parity(ours, theirs, TORCH_NORMS, f"{case.id}: {name}")
 
 
 def _step(ours, theirs, case: NormCase, rng: np.random.Generator, tag: str) -> None:

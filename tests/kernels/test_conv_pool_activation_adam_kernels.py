@@ -6,8 +6,8 @@
 * Max and average pooling, ReLU: **bit for bit** (same comparisons, same summation order).
 * Sigmoid: to 8 ulps forward (LLVM's ``exp`` instead of NumPy's); its backward, given the same output, bit
   for bit.
-* Batch norm + activation fused: bit for bit equal to the same kernels run one after the other, and to
-  rounding equal to the reference composition.
+* Batch norm + activation fused (:mod:`normlab.kernels.fused`): bit for bit equal to the same kernels run
+  one after the other, and to rounding equal to the reference ops in sequence.
 * Adam / AdamW (:mod:`normlab.kernels.optim`): bit for bit over several steps.
 
 Case tables: odd sizes, strides, padding, dilation, non-contiguous inputs, float32 and float64.
@@ -18,14 +18,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.parity import KERNELS, assert_parity, assert_same
 from normlab import functional as F
 from normlab import kernels, nn, optim
+from normlab.functional import optim as U
+from normlab.kernels import fused as KF
 from normlab.kernels import layers as K
 from normlab.kernels import norm as KN
 from normlab.kernels import optim as KO
-from normlab.optim import updates as U
 
-TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 DTYPES = (np.float32, np.float64)
 
 
@@ -36,19 +37,10 @@ def restore_selection():
 
 
 def close(actual, expected, what: str) -> None:
-    if expected is None:
-        assert actual is None, f"{what}: expected None"
-        return
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    tol = TOL[expected.dtype]
-    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+    assert_parity(actual, expected, KERNELS, what)
 
 
-def same(actual, expected, what: str) -> None:
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
-    np.testing.assert_array_equal(actual, expected, err_msg=what)
+same = assert_same
 
 
 def make(shape, dtype, seed=0, view="contiguous"):
@@ -108,14 +100,23 @@ def test_conv2d_without_input_gradient(dtype):
         same(partial.dbias, full.dbias, "dbias")
 
 
-def test_conv2d_float16_and_reference_caches_go_to_the_reference():
-    x, w = make((2, 2, 5, 5), np.float16), make((3, 2, 3, 3), np.float16, 1)
-    y, cache = K.conv2d_forward(x, w)
-    assert isinstance(cache, F.Conv2dCache) and y.dtype == np.float16
-    x32 = x.astype(np.float32)
-    _, ref_cache = F.conv2d_forward(x32, w.astype(np.float32))
-    grads = K.conv2d_backward(np.ones((2, 3, 3, 3), np.float32), ref_cache)
-    assert grads.dx.shape == x.shape
+def test_conv2d_float16_and_empty_input_resolve_to_the_reference():
+    record = kernels.use("numba")
+    try:
+        x, w = make((2, 2, 5, 5), np.float16), make((3, 2, 3, 3), np.float16, 1)
+        op = record.resolve("conv2d", x)
+        assert op is kernels.REFERENCE["conv2d"]
+        y, cache = op.forward(x, w)
+        assert isinstance(cache, F.Conv2dCache) and y.dtype == np.float16
+        grads = op.backward(np.ones((2, 3, 3, 3), np.float16), cache)
+        assert grads.dx.shape == x.shape
+        assert (
+            record.resolve("conv2d", np.zeros((0, 2, 5, 5), np.float32))
+            is kernels.REFERENCE["conv2d"]
+        )
+        assert record.resolve("conv2d", x.astype(np.float32)).forward is K.conv2d_forward
+    finally:
+        kernels.use()
 
 
 # ----------------------------------------------------------------------------------------------- pooling
@@ -231,8 +232,9 @@ def test_batch_norm_activation(shape, dtype, activation, training):
     rm, rv = make((c,), dtype, 4), np.abs(make((c,), dtype, 5)) + 0.5
     args = (x, w, b, rm, rv)
     kw = {"training": training, "eps": 1e-5}
-    fused, cache = KN.batch_norm_activation_forward(*args, **kw, activation=activation)
-    fused_grads = KN.batch_norm_activation_backward(dy, cache)
+    fused_forward = getattr(KF, f"batch_norm_{activation}_forward")
+    fused, cache = fused_forward(*args, **kw)
+    fused_grads = getattr(KF, f"batch_norm_{activation}_backward")(dy, cache)
     # the same kernels one after the other: bit for bit
     y, norm_cache = KN.batch_norm_forward(*args, **kw)
     act_forward, act_backward = {
@@ -244,10 +246,15 @@ def test_batch_norm_activation(shape, dtype, activation, training):
     same(fused, out, "y")
     for name, a, e in zip(("dx", "dweight", "dbias"), fused_grads, grads, strict=True):
         same(a, e, name)
-    # the reference composition: to rounding (sigmoid's exp: to its few ulps, scaled up by backward)
-    ref, ref_cache = F.batch_norm_activation_forward(*args, **kw, activation=activation)
+    # the reference ops in sequence: to rounding (sigmoid's exp: to its few ulps, scaled up by backward)
+    ref_forward, ref_backward = {
+        "relu": (F.relu_forward, F.relu_backward),
+        "sigmoid": (F.sigmoid_forward, F.sigmoid_backward),
+    }[activation]
+    ref_y, ref_norm_cache = F.batch_norm_forward(*args, **kw)
+    ref, ref_act_cache = ref_forward(ref_y)
     close(fused, ref, "y against the reference")
-    ref_grads = F.batch_norm_activation_backward(dy, ref_cache)
+    ref_grads = F.batch_norm_backward(ref_backward(dy, ref_act_cache), ref_norm_cache)
     for name, a, e in zip(("dx", "dweight", "dbias"), fused_grads, ref_grads, strict=True):
         if dtype == np.float32 or activation == "relu":
             close(a, e, f"{name} against the reference")
@@ -255,11 +262,13 @@ def test_batch_norm_activation(shape, dtype, activation, training):
             np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
-def test_batch_norm_activation_rejects_unknown_activation():
-    x = make((4, 3), np.float32)
-    for module in (KN, F):
-        with pytest.raises(ValueError, match="activation must be one of"):
-            module.batch_norm_activation_forward(x, activation="tanh")
+def test_batch_norm_act_rejects_what_it_cannot_fuse():
+    with pytest.raises(
+        TypeError, match="BatchNormAct: expected a BatchNorm1d/2d/3d and a ReLU or Sigmoid"
+    ):
+        nn.BatchNormAct(nn.BatchNorm1d(3), nn.Tanh())
+    with pytest.raises(TypeError, match="got LayerNorm and ReLU"):
+        nn.BatchNormAct(nn.LayerNorm(3), nn.ReLU())
 
 
 # ----------------------------------------------------------------------------------------------- Adam
@@ -309,11 +318,15 @@ def test_adam_optimizer_same_with_kernels_and_reference(amsgrad):
 # ----------------------------------------------------------------------------------------------- dispatch
 @pytest.mark.usefixtures("restore_selection")
 def test_layer_and_optim_ops_follow_the_selection():
-    from normlab.optim import updates
-
+    x = make((2, 3, 4, 4), np.float32)
     kernels.use("reference")
-    assert kernels.layer_ops() is F and kernels.optim_ops() is updates
-    assert kernels.ops().batch_norm_activation_forward is F.batch_norm_activation_forward
+    assert kernels.resolve("conv2d", x) == (F.conv2d_forward, F.conv2d_backward)
+    assert kernels.resolve("adam_update", x).forward is U.adam_update
+    assert kernels.fast_path("batch_norm_relu", x) is None
     kernels.use("numba")
-    assert kernels.layer_ops() is K and kernels.optim_ops() is KO
-    assert kernels.ops() is KN
+    assert kernels.resolve("conv2d", x) == (K.conv2d_forward, K.conv2d_backward)
+    assert kernels.resolve("adam_update", x).forward is KO.adam_update
+    assert kernels.resolve("batch_norm", x).forward is KN.batch_norm_forward
+    assert kernels.fast_path("batch_norm_relu", x).forward is KF.batch_norm_relu_forward
+    assert kernels.resolve("linear", x).forward is F.linear_forward  # no fast path registered
+    assert kernels.resolve("adam_update", x, x.T).forward is U.adam_update  # not contiguous

@@ -1,8 +1,7 @@
 """The layers give the same results with the numba kernels as with the reference: outputs, input and parameter
 gradients, and running statistics after several training steps, then eval outputs.
 
-Tolerances as in test_kernel_parity.py: float32 1e-5, float64 1e-12 (relative, absolute floor scaled by the
-largest magnitude).
+Tolerances: ``helpers.parity.KERNELS``.
 """
 
 from __future__ import annotations
@@ -10,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.parity import KERNELS, assert_parity
 from normlab import kernels, nn
 from normlab.functional.norm import NormCache
 from normlab.kernels.norm import KernelNormCache
-
-TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 LAYERS = {
     "bn1d": (lambda dt: nn.BatchNorm1d(7, dtype=dt), (16, 7)),
@@ -48,9 +46,7 @@ def restore_selection():
 
 
 def close(a, e, dtype, what):
-    tol = TOL[np.dtype(dtype)]
-    scale = max(1.0, float(np.max(np.abs(e)))) if np.size(e) else 1.0
-    np.testing.assert_allclose(a, e, rtol=tol, atol=tol * scale, err_msg=what)
+    assert_parity(a, e, KERNELS, what, dtype=dtype)
 
 
 def run_steps(backend, make_layer, shape, dtype, steps=4):

@@ -1,8 +1,8 @@
 r"""The optimizers' update rules as plain functions on arrays: the readable reference.
 
 Each updates its arrays in place and returns nothing.  The optimizer classes keep the state and the
-hyper-parameters and call these through :func:`normlab.kernels.optim_ops`, which returns this module or its
-numba twin :mod:`normlab.kernels.optim` (tested equal bit for bit: same operations, same order, same dtype).
+hyper-parameters and call these through :func:`normlab.kernels.resolve`, which returns these or their numba
+twins in :mod:`normlab.kernels.optim` (tested equal bit for bit: same operations, same order, same dtype).
 
 Scalars are Python floats; NumPy casts them to the arrays' dtype before each operation, so a float32 parameter
 is updated entirely in float32 arithmetic.
@@ -50,3 +50,31 @@ def adam_update(
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v = max_exp_avg_sq
     param -= step_size * exp_avg / (np.sqrt(v) / sqrt_c2 + eps)
+
+
+def sgd_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> np.ndarray | None:
+    """One SGD step (see :mod:`normlab.optim.sgd` for the formulas) on ``param`` in place.
+
+    Returns the momentum buffer (``None`` without momentum): ``momentum_buffer`` updated in place, or, on the
+    first step (``None`` given), a new one holding this step's direction.
+    """
+    d = grad + weight_decay * param if weight_decay != 0 else grad
+    if momentum != 0:
+        if momentum_buffer is None:
+            momentum_buffer = np.array(d, copy=True)
+        else:
+            momentum_buffer *= momentum
+            momentum_buffer += (1 - dampening) * d
+        d = d + momentum * momentum_buffer if nesterov else momentum_buffer
+    param -= lr * d
+    return momentum_buffer

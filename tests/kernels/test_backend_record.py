@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from normlab import cli, kernels
@@ -21,16 +22,18 @@ def restore_selection():
 
 def test_default_is_numba(monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
-    assert kernels.use().__name__ == "normlab.kernels.norm"
+    record = kernels.use()
+    assert record.name == "numba" and kernels.backend() is record
     assert kernels.backend_name() == "numba"
 
 
 def test_env_reference_selects_the_reference(monkeypatch):
     monkeypatch.setenv(kernels.ENV_VAR, "reference")
-    ops = kernels.use()
+    record = kernels.use()
     assert kernels.backend_name() == "reference"
-    assert ops.batch_norm_forward is F.batch_norm_forward
-    assert kernels.ops() is ops
+    x = np.ones((4, 3), np.float32)
+    assert record.resolve("batch_norm", x) == (F.batch_norm_forward, F.batch_norm_backward)
+    assert kernels.backend() is record and not record.fast
 
 
 def test_env_numba_and_auto(monkeypatch):
