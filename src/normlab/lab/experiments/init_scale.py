@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, mnist, model_accuracy, train_model
 
 FULL = {
     "train_images": 1000,
@@ -50,7 +51,6 @@ def run(ctx: RunContext) -> Result:
             # the same weights for both networks at a given scale: only batch norm differs
             model = mlp(sizes, norm=norm, weight_std=w, rng=ctx.rng(i))
             opt = optim.SGD(model.parameters(), lr=cfg["lr"])
-            loss_fn = nn.CrossEntropyLoss()
             loader = DataLoader(
                 x,
                 y,
@@ -59,11 +59,21 @@ def run(ctx: RunContext) -> Result:
                 num_batches=cfg["iterations_per_epoch"],
                 seed=ctx.seed + i,
             )
-            accs = [accuracy(model, x, y)]
-            for _ in range(cfg["epochs"]):
-                for xb, yb in loader:
-                    train_step(model, loss_fn, opt, xb, yb)
-                accs.append(accuracy(model, x, y))
+            accs = [model_accuracy(model, x, y)]
+            train_model(
+                model,
+                loader,
+                optimizer=opt,
+                loss=nn.CrossEntropyLoss(),
+                epochs=cfg["epochs"],
+                callbacks=[
+                    Measure(
+                        each_epoch=lambda run, _, accs=accs: accs.append(
+                            model_accuracy(run.model, x, y)
+                        )
+                    )
+                ],
+            )
             curves[(w, label)] = accs
             records += [
                 {"weight_scale": w, "model": label, "epoch": e, "train_accuracy": a}
