@@ -139,13 +139,13 @@ def fit(
     ordered = sorted(callbacks, key=lambda c: c.priority)
     run = FitRun(model, optimizer, criterion, history, batches, list(ordered))
     display = Display(verbose, epochs, len(batches))
-    saved_modes = _saved_modes(model)
-    input_grad = model.requires_input_grad
-    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
-    # ---- THE MODEL THAT RUNS: every forward/backward of training goes through ``runner``.  This is the one
-    # place to swap in an equivalent module for speed (e.g. ``runner = nn.fuse(model)``, which shares the
-    # parameters and buffers of ``model``); callbacks, modes and checkpoints keep working on ``model``.
+    # ---- THE MODEL THAT RUNS: every training forward/backward goes through ``runner``.  This is the one
+    # place to swap in an equivalent module for speed (e.g. ``runner = nn.fuse(model)``, which must share the
+    # parameters and buffers of ``model``); validation, callbacks and checkpoints keep working on ``model``.
     runner = model
+    saved_modes = _saved_modes(model) + ([] if runner is model else _saved_modes(runner))
+    input_grad = runner.requires_input_grad
+    runner.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
     # BLAS on one thread while the numba kernels use all cores (see normlab.kernels.training_threads)
     with kernels.training_threads():
         try:
@@ -158,32 +158,15 @@ def fit(
                 if reseed:
                     _reseed_dropout(model, seed, epoch)
                 model.train()
+                if runner is not model:
+                    runner.train()
                 display.epoch_begin(epoch)
                 for cb in ordered:
                     cb.on_epoch_begin(run, epoch)
-                averages = Averages()
-                for batch in batches:
-                    xb, yb = split_batch(batch, "fit")
-                    try:
-                        step = train_step(
-                            runner, optimizer, criterion, xb, yb, nonfinite_loss=nonfinite_loss
-                        )
-                    except FloatingPointError as e:
-                        raise FloatingPointError(
-                            f"fit: {e} in epoch {epoch + 1}; lower the learning rate or check the data"
-                        ) from None
-                    logs = {"epoch": epoch, "loss": step.loss}
-                    logs.update({k: float(fn(step.outputs, yb)) for k, fn in metric_fns.items()})
-                    logs["lr"] = optimizer.param_groups[0]["lr"]
-                    averages.add({k: logs[k] for k in ("loss", *metric_fns)}, len(xb))
-                    history.iterations.append({"iteration": len(history.iterations), **logs})
-                    run.step = step
-                    for cb in ordered:
-                        cb.on_batch_end(run, logs)
-                    display.batch_end(averages.means())
-                    if run.stop_training:
-                        break
-                logs = {"epoch": epoch, **averages.means()}
+                logs = {
+                    "epoch": epoch,
+                    **_train_epoch(run, runner, metric_fns, display, nonfinite_loss),
+                }
                 if validation_data is not None:
                     val = evaluate(
                         model,
@@ -205,8 +188,41 @@ def fit(
         finally:
             display.close()
             _restore_modes(saved_modes)
-            model.requires_input_grad_(input_grad)
+            runner.requires_input_grad_(input_grad)
     return history
+
+
+def _train_epoch(
+    run: FitRun,
+    runner: Module,
+    metric_fns: dict[str, Metric],
+    display: Display,
+    nonfinite_loss: str,
+) -> dict[str, float]:
+    """One pass of ``runner`` over ``run.batches``, a training step per batch, callbacks after each; stops
+    early when a callback sets ``run.stop_training``.  Returns the sample-weighted means of the pass."""
+    epoch, optimizer, history = run.epoch, run.optimizer, run.history
+    averages = Averages()
+    for batch in run.batches:
+        xb, yb = split_batch(batch, "fit")
+        try:
+            step = train_step(runner, optimizer, run.loss, xb, yb, nonfinite_loss=nonfinite_loss)
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"fit: {e} in epoch {epoch + 1}; lower the learning rate or check the data"
+            ) from None
+        logs = {"epoch": epoch, "loss": step.loss}
+        logs.update({k: float(fn(step.outputs, yb)) for k, fn in metric_fns.items()})
+        logs["lr"] = optimizer.param_groups[0]["lr"]
+        averages.add({k: logs[k] for k in ("loss", *metric_fns)}, len(xb))
+        history.iterations.append({"iteration": len(history.iterations), **logs})
+        run.step = step
+        for cb in run.callbacks:
+            cb.on_batch_end(run, logs)
+        display.batch_end(averages.means())
+        if run.stop_training:
+            break
+    return averages.means()
 
 
 def _eval_batches(x: Any, y: Any, batch_size: int, where: str) -> Any:
