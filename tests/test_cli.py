@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,19 @@ def test_demo_end_to_end_in_a_subprocess(tmp_path: Path) -> None:
     html = report.read_text()
     assert html.count("<section") == 2 and "data:image/png;base64," in html
     assert result.stderr == ""  # piped: no progress bar, no warnings
+    # piped: one line as each experiment starts and ends, in order, before the table
+    lines = result.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.endswith(": started")]
+    assert [lines[i] for i in starts] == ["[1/2] init-scale: started", "[2/2] bn-vs-plain: started"]
+    ends = [
+        i
+        for i, line in enumerate(lines)
+        if re.fullmatch(r"\[\d/2\] [\w-]+: [\w ]+ \(\d+\.\d s\)", line)
+    ]
+    assert [lines[i].split(":")[0] for i in ends] == ["[1/2] init-scale", "[2/2] bn-vs-plain"]
+    assert starts[0] < ends[0] < starts[1] < ends[1] < lines.index(report_line[0])
+    verdicts = {lines[i].split(": ")[1].rsplit(" (", 1)[0] for i in ends}
+    assert verdicts <= {"holds", "does not hold here"}
 
 
 def test_lab_run_json_output_parses(tmp_path: Path) -> None:
@@ -48,6 +62,10 @@ def test_lab_run_json_output_parses(tmp_path: Path) -> None:
     assert [e["name"] for e in payload["experiments"]] == ["bn-vs-plain"]
     assert Path(payload["report"]).is_file()
     assert payload["experiments"][0]["verdict"] in ("holds", "does not hold here")
+    # with --json the progress lines go to stderr, leaving stdout to the JSON
+    verdict = payload["experiments"][0]["verdict"]
+    assert result.stderr.splitlines()[0] == "[1/1] bn-vs-plain: started"
+    assert result.stderr.splitlines()[1].startswith(f"[1/1] bn-vs-plain: {verdict} (")
 
 
 def test_lab_list_json(capsys) -> None:
@@ -95,3 +113,24 @@ def test_every_command_has_help(command, capsys) -> None:
 def test_no_command_prints_help_and_exits_2(capsys) -> None:
     assert main([]) == 2
     assert "usage: normlab" in capsys.readouterr().out
+
+
+def test_progress_lines_only_when_the_output_is_not_a_terminal(monkeypatch) -> None:
+    import io
+
+    from normlab import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert (
+        cli._experiment_lines(as_json=False) is None
+    )  # a terminal keeps the status line and table
+    lines = cli._experiment_lines(as_json=True)  # --json: lines on stderr, which is redirected here
+    assert lines is not None and lines.stream is sys.stderr
+    lines.start("init-scale", 1, 2)
+    assert sys.stderr.getvalue() == "[1/2] init-scale: started\n"
+    assert sys.stdout.getvalue() == ""

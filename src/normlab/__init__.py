@@ -10,7 +10,13 @@ True
 
 from normlab import data, functional, nn, optim
 from normlab.backend import is_grad_enabled, no_grad
-from normlab.callbacks import Callback, EarlyStopping, LRSchedulerCallback, ModelCheckpoint
+from normlab.callbacks import (
+    Callback,
+    EarlyStopping,
+    LRSchedulerCallback,
+    ModelCheckpoint,
+    TerminateOnNaN,
+)
 from normlab.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -33,6 +39,7 @@ __all__ = [
     "History",
     "LRSchedulerCallback",
     "ModelCheckpoint",
+    "TerminateOnNaN",
     "__version__",
     "data",
     "evaluate",

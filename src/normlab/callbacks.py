@@ -1,4 +1,4 @@
-"""Callbacks for :func:`normlab.fit`: early stopping, checkpoints every N epochs, LR schedules.
+"""Callbacks for :func:`normlab.fit`: early stopping, checkpoints every N epochs, LR schedules, stopping on NaN.
 
 A callback overrides any of the hooks of :class:`Callback`; each receives the :class:`FitRun` (model,
 optimizer, history, ...) and can stop training by setting ``run.stop_training``.
@@ -20,7 +20,7 @@ from normlab.optim.optimizer import Optimizer
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from normlab.train import History
+    from normlab.train import History, Step
 
 
 @dataclass
@@ -35,6 +35,9 @@ class FitRun:
     callbacks: list[Callback]
     epoch: int = 0
     stop_training: bool = False
+    step: Step | None = (
+        None  # the last training step (outputs, targets, loss), set before on_batch_end
+    )
 
 
 class Callback:
@@ -73,6 +76,23 @@ class LRSchedulerCallback(Callback):
     def on_epoch_end(self, run: FitRun, epoch: int, logs: dict[str, float]) -> None:
         if self.interval == "epoch":
             self.scheduler.step()
+
+
+class TerminateOnNaN(Callback):
+    """Stop training after the first step whose loss is NaN or infinite (that step's update is made and the
+    epoch's end still runs, as Keras's ``TerminateOnNaN``).  Use with ``fit(..., nonfinite_loss="continue")``;
+    by default ``fit`` raises ``FloatingPointError`` before such an update instead."""
+
+    def __init__(self) -> None:
+        self.stopped_at: int | None = None  # the iteration whose loss was not finite
+
+    def on_train_begin(self, run: FitRun) -> None:
+        self.stopped_at = None
+
+    def on_batch_end(self, run: FitRun, logs: dict[str, float]) -> None:
+        if not np.isfinite(logs["loss"]):
+            self.stopped_at = len(run.history.iterations) - 1
+            run.stop_training = True
 
 
 class EarlyStopping(Callback):
@@ -134,7 +154,8 @@ class EarlyStopping(Callback):
 
 class ModelCheckpoint(Callback):
     """Save a checkpoint (model, optimizer, LR schedule, epoch, history; see :func:`normlab.save_checkpoint`)
-    every ``every`` epochs.  ``path`` may contain ``{epoch}``, formatted with the number of epochs completed.
+    every ``every`` epochs.  ``path`` may contain ``{epoch}``, formatted with the number of epochs completed;
+    its directory is created if it does not exist yet.
     """
 
     priority = 90
@@ -151,6 +172,7 @@ class ModelCheckpoint(Callback):
             return
         schedulers = [c.scheduler for c in run.callbacks if isinstance(c, LRSchedulerCallback)]
         path = Path(self.path.format(epoch=completed))
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(
             path,
             run.model,

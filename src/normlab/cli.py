@@ -45,6 +45,33 @@ def _progress() -> tuple[Callable[[str], None] | None, Any]:
     return status.update, status
 
 
+class _ExperimentLines:
+    """One line as each experiment starts and one as it ends (name, verdict, wall time), for output that
+    is not a terminal (CI logs, ``| tee``), where the status line is not shown and the results table only
+    comes at the end.  Written to ``stream``, flushed at once."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def start(self, name: str, i: int, total: int) -> None:
+        print(f"[{i}/{total}] {name}: started", file=self.stream, flush=True)
+
+    def end(self, run: Any, i: int, total: int) -> None:
+        print(
+            f"[{i}/{total}] {run.name}: {run.result.verdict} ({run.wall_time:.1f} s)",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _experiment_lines(as_json: bool) -> _ExperimentLines | None:
+    """Lines on stdout when it is redirected (on stderr with ``--json``, whose stdout is the JSON);
+    ``None`` on a terminal, which keeps the status line and the table."""
+    stream = sys.stderr if as_json else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    return None if isatty is not None and isatty() else _ExperimentLines(stream)
+
+
 def _print_json(value: Any) -> None:
     from normlab.lab.base import _jsonable
 
@@ -71,9 +98,18 @@ def _run_lab(
         raise CLIError(str(e), EXIT_USAGE) from None
     out_dir = Path(out) if out else default_out_dir()
     update, status = _progress()
+    lines = _experiment_lines(as_json)
     try:
         summary = run_experiments(
-            names, out_dir, mode=mode, seed=seed, data=data, progress=update, title=title
+            names,
+            out_dir,
+            mode=mode,
+            seed=seed,
+            data=data,
+            progress=update,
+            title=title,
+            on_start=None if lines is None else lines.start,
+            on_end=None if lines is None else lines.end,
         )
     finally:
         if status is not None:

@@ -35,8 +35,10 @@ flatten themselves.  Every problem is a :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,25 +217,61 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int) -> nn.Sequentia
                     f"{cfg.source}: model.layers[{i}] ({spec['class']}): {e}"
                 ) from None
         return nn.Sequential(*layers)
-    sizes = [n_inputs, *cfg.model["hidden"], n_classes]
-    norm = cfg.model.get("normalizer", "batchnorm")
-    activation = ACTIVATIONS[cfg.model.get("activation", "relu")]
-    dropout = float(cfg.model.get("dropout", 0.0))
+    return mlp(
+        [n_inputs, *cfg.model["hidden"], n_classes],
+        norm=cfg.model.get("normalizer", "batchnorm"),
+        activation=cfg.model.get("activation", "relu"),
+        dropout=float(cfg.model.get("dropout", 0.0)),
+        rng=rng,
+    )
+
+
+# short spellings the lab uses for the two normalizers it compares
+NORM_ALIASES = {"bn": "batchnorm", "ln": "layernorm"}
+
+
+def mlp(
+    sizes: Sequence[int],
+    *,
+    norm: str | None = None,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    weight_std: float | None = None,
+    rng: np.random.Generator,
+) -> nn.Sequential:
+    """The MLP ``sizes[0] -> ... -> sizes[-1]`` (the one builder of ``normlab train`` and the lab): each hidden
+    layer is Linear [-> norm] -> activation [-> Dropout], the last is a Linear.
+
+    ``norm`` is one of :data:`NORMALIZERS` (``None`` = ``"none"``; ``"bn"``/``"ln"`` spell batchnorm/layernorm);
+    ``activation`` a key of :data:`ACTIVATIONS`.  ``rng`` draws, layer by layer, the Linear's default init,
+    then (with ``weight_std``) its weight again from N(0, std^2) with a zero bias, then the seed of its
+    Dropout: the order fixes every number a seeded run produces.
+    """
+    kind = NORM_ALIASES.get(norm, norm) if norm is not None else "none"
+    if kind not in NORMALIZERS:
+        raise ValueError(f"mlp: unknown norm {norm!r}; expected one of {NORMALIZERS}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"mlp: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
     layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1], rng=rng))
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        linear = nn.Linear(n_in, n_out, rng=rng)
+        if weight_std is not None:
+            linear.weight.data = nn.init.normal((n_out, n_in), rng, std=weight_std)
+            linear.bias.data = np.zeros(n_out, np.float32)
+        layers.append(linear)
         if i == len(sizes) - 2:
             break
-        width = sizes[i + 1]
-        if norm == "batchnorm":
-            layers.append(nn.BatchNorm1d(width))
-        elif norm == "layernorm":
-            layers.append(nn.LayerNorm(width))
-        elif norm == "rmsnorm":
-            layers.append(nn.RMSNorm(width))
-        elif norm == "groupnorm":
-            layers.append(nn.GroupNorm(_groups(width), width))
-        layers.append(activation())
+        if kind == "batchnorm":
+            layers.append(nn.BatchNorm1d(n_out))
+        elif kind == "layernorm":
+            layers.append(nn.LayerNorm(n_out))
+        elif kind == "rmsnorm":
+            layers.append(nn.RMSNorm(n_out))
+        elif kind == "groupnorm":
+            layers.append(nn.GroupNorm(_groups(n_out), n_out))
+        layers.append(ACTIVATIONS[activation]())
         if dropout:
             layers.append(nn.Dropout(dropout, seed=int(rng.integers(2**31))))
     return nn.Sequential(*layers)

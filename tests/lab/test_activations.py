@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normlab.lab.common import mlp
+from normlab.config import mlp
 from normlab.lab.experiments.activations import (
     FULL,
     MOMENTS,

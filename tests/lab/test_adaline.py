@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from normlab import nn, optim
-from normlab.lab.common import train_step
 from normlab.lab.experiments.adaline import adaline, decide, iris_two_classes, sgd_lr_for
+from normlab.train import train_step
 
 
 def test_iris_rows_are_setosa_then_versicolor_with_the_two_features() -> None:
@@ -34,7 +34,7 @@ def test_one_normlab_step_is_the_textbook_adaline_update(eta: float) -> None:
 
     loss_fn = nn.MSELoss(reduction="sum")
     opt = optim.SGD(model.parameters(), lr=sgd_lr_for(eta))
-    cost = train_step(model, loss_fn, opt, x, y) / 2
+    cost = float(train_step(model, opt, loss_fn, x, y).loss_value) / 2
 
     np.testing.assert_allclose(model.weight.data[0], w_expected, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(model.bias.data[0], b_expected, rtol=1e-12, atol=1e-15)

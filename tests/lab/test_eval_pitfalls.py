@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from normlab.lab.common import accuracy
+from normlab.lab.common import model_accuracy
 from normlab.lab.experiments.eval_pitfalls import (
     CORRECT,
     LOST,
@@ -54,11 +54,11 @@ def test_a_mistaken_training_mode_pass_moves_running_stats_and_a_copy_restores_t
     model = small_cnn([4, 8], np.random.default_rng(0))
     x, y = _images(40)
     saved = model.state_dict()
-    eval_before = accuracy(model, x, y)
+    eval_before = model_accuracy(model, x, y)
     train_mode_accuracy(model, class_sorted_batches(x, y, 8))
     assert not np.array_equal(model.state_dict()["4.running_var"], saved["4.running_var"])
     model.load_state_dict(saved)
-    assert accuracy(model, x, y) == eval_before
+    assert model_accuracy(model, x, y) == eval_before
 
 
 def test_training_mode_with_one_image_runs_for_batchnorm2d_and_raises_for_batchnorm1d() -> None:

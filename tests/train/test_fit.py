@@ -315,11 +315,13 @@ def test_progress_bar_on_a_terminal(monkeypatch) -> None:
 
     from rich.console import Console
 
-    import normlab.train
+    import normlab.train.display
 
     buffer = io.StringIO()
     monkeypatch.setattr(
-        normlab.train, "_console", lambda: Console(file=buffer, force_terminal=True, width=120)
+        normlab.train.display,
+        "console",
+        lambda: Console(file=buffer, force_terminal=True, width=120),
     )
     x, y = blobs(64)
     model = bn_mlp()

@@ -1,10 +1,10 @@
-"""Building blocks the experiments share: data as the experiments want it, MLPs with or without a
-normalizer, a plain training step, accuracy, and small plotting helpers.  Only normlab's public API is used.
+"""Building blocks the experiments share: data as the experiments want it, the MLP builder (the one of
+:mod:`normlab.config`), training through :func:`normlab.fit` with measurements in callbacks, accuracy.
+Only normlab's public API is used.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -12,14 +12,11 @@ import numpy as np
 
 import normlab as nl
 from normlab import nn
-from normlab.data import Labeled, flatten, load_mnist, scale_01
+from normlab.callbacks import FitRun
+from normlab.config import ACTIVATIONS, mlp  # noqa: F401  (re-exported: the one MLP builder)
+from normlab.data import DataLoader, Labeled, flatten, load_mnist, scale_01
 from normlab.lab.base import RunContext
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-}
+from normlab.optim import Optimizer
 
 
 @dataclass
@@ -55,62 +52,82 @@ def first(part: Labeled, count: int | None) -> Labeled:
     return part if count is None else Labeled(part.x[:count], part.y[:count])
 
 
-def mlp(
-    sizes: Sequence[int],
+def train_model(
+    model: nn.Module,
+    batches: DataLoader | Sequence[tuple[np.ndarray, np.ndarray]],
     *,
-    norm: str | None = None,
-    activation: str = "relu",
-    weight_std: float | None = None,
-    dropout: float = 0.0,
-    rng: np.random.Generator,
-) -> nn.Sequential:
-    """An MLP ``sizes[0] -> ... -> sizes[-1]``: each hidden layer is Linear [-> norm] -> activation
-    [-> Dropout].  ``norm`` is ``None``, ``"bn"`` (BatchNorm1d) or ``"ln"`` (LayerNorm).  ``weight_std``
-    draws every Linear weight from N(0, std^2) with zero bias (the seeds' ``weight_init_std``); ``None``
-    keeps the default init."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        linear = nn.Linear(n_in, n_out, rng=rng)
-        if weight_std is not None:
-            linear.weight.data = nn.init.normal((n_out, n_in), rng, std=weight_std)
-            linear.bias.data = np.zeros(n_out, np.float32)
-        layers.append(linear)
-        if i == len(sizes) - 2:
-            break
-        if norm == "bn":
-            layers.append(nn.BatchNorm1d(n_out))
-        elif norm == "ln":
-            layers.append(nn.LayerNorm(n_out))
-        elif norm is not None:
-            raise ValueError(f"mlp: unknown norm {norm!r}")
-        layers.append(ACTIVATIONS[activation]())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout, seed=int(rng.integers(2**31))))
-    return nn.Sequential(*layers)
+    optimizer: Optimizer,
+    loss: nn.Module,
+    epochs: int,
+    callbacks: Sequence[nl.Callback] = (),
+    stop_when_diverged: bool = False,
+) -> nl.History:
+    """Train ``model`` through :func:`normlab.fit` on the experiment's own batches (its loader, or a list of
+    ``(x, y)`` pairs): silent, no metrics, one update per batch for ``epochs`` epochs.  A NaN/inf loss is recorded, not raised (a
+    diverging network is part of what some experiments measure); with ``stop_when_diverged`` training stops
+    after that step (the epoch's callbacks still run).  What an experiment records, it records in
+    ``callbacks`` (see :class:`Measure`)."""
+    stop = [nl.TerminateOnNaN()] if stop_when_diverged else []
+    return nl.fit(
+        model,
+        batches,
+        optimizer=optimizer,
+        loss=loss,
+        epochs=epochs,
+        metrics=(),
+        callbacks=[*callbacks, *stop],
+        verbose=0,
+        nonfinite_loss="continue",
+    )
 
 
-def train_step(
-    model: nn.Module, loss_fn: nn.Module, optimizer, x: np.ndarray, y: np.ndarray
-) -> float:
-    """One step of gradient descent on a batch: forward, loss, backward, update.  Returns the loss."""
-    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
-    optimizer.zero_grad()
-    loss = float(loss_fn(model(x), y))
-    model.backward(loss_fn.backward())
-    optimizer.step()
-    return loss
+class Measure(nl.Callback):
+    """Call ``each_step(run, step)`` after every training step, ``each_epoch(run, epoch)`` after every epoch
+    and ``before_epoch(run, epoch)`` before it, steps and epochs counted from 1: how an experiment takes its
+    measurements while ``fit`` trains.  ``run.step`` holds the step's outputs, targets and loss (see
+    :class:`normlab.train.Step`)."""
+
+    def __init__(
+        self,
+        each_step: Callable[[FitRun, int], None] | None = None,
+        each_epoch: Callable[[FitRun, int], None] | None = None,
+        *,
+        before_epoch: Callable[[FitRun, int], None] | None = None,
+    ) -> None:
+        self.each_step, self.each_epoch, self.before_epoch = each_step, each_epoch, before_epoch
+        self.steps = 0
+
+    def on_epoch_begin(self, run: FitRun, epoch: int) -> None:
+        if self.before_epoch is not None:
+            self.before_epoch(run, epoch + 1)
+
+    def on_train_begin(self, run: FitRun) -> None:
+        self.steps = 0
+
+    def on_batch_end(self, run: FitRun, logs: dict[str, float]) -> None:
+        self.steps += 1
+        if self.each_step is not None:
+            self.each_step(run, self.steps)
+
+    def on_epoch_end(self, run: FitRun, epoch: int, logs: dict[str, float]) -> None:
+        if self.each_epoch is not None:
+            self.each_epoch(run, epoch + 1)
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
-    """Classification accuracy in eval mode (the model's mode is restored afterwards)."""
+def correct_predictions(outputs: np.ndarray, targets: np.ndarray) -> int:
+    """How many rows of ``outputs`` (N, classes) have their largest value at the class ``targets`` (N,)."""
+    return int(np.sum(np.argmax(outputs, axis=1) == targets))
+
+
+def model_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Classification accuracy of ``model`` on inputs ``x`` and classes ``y``, in eval mode, in batches of
+    ``batch_size`` (the model's mode is restored afterwards)."""
     was_training = model.training
     model.eval()
     try:
         with nl.no_grad():
             correct = sum(
-                int(
-                    np.sum(np.argmax(model(x[i : i + batch_size]), axis=1) == y[i : i + batch_size])
-                )
+                correct_predictions(model(x[i : i + batch_size]), y[i : i + batch_size])
                 for i in range(0, len(y), batch_size)
             )
     finally:

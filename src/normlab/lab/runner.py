@@ -76,9 +76,14 @@ def run_experiments(
     data: str = "sample",
     progress: Callable[[str], None] | None = None,
     title: str = "normlab lab report",
+    on_start: Callable[[str, int, int], None] | None = None,
+    on_end: Callable[[ExperimentRun, int, int], None] | None = None,
 ) -> RunSummary:
     """Run the named experiments (or ``["all"]``) and write their artefacts and the report under
-    ``out_dir``.  Returns what ran, with each experiment's result and wall time."""
+    ``out_dir``.  Returns what ran, with each experiment's result and wall time.
+
+    ``progress`` receives the experiments' messages; ``on_start(name, i, total)`` is called as the
+    ``i``-th (from 1) of ``total`` experiments starts, ``on_end(run, i, total)`` as it ends."""
     import normlab
 
     names = resolve_names(names)
@@ -87,8 +92,14 @@ def run_experiments(
     started = time.perf_counter()
     # One BLAS thread: the experiments' matrices are small, and on a 2-core machine a second OpenBLAS
     # thread only adds spinning (init-scale --quick measured 13.8 s with one thread, 48.5 s with two).
+    runs = []
     with kernels.training_threads():
-        runs = [_run_one(name, out_dir, mode, seed, data, progress) for name in names]
+        for i, name in enumerate(names, start=1):
+            if on_start is not None:
+                on_start(name, i, len(names))
+            runs.append(_run_one(name, out_dir, mode, seed, data, progress))
+            if on_end is not None:
+                on_end(runs[-1], i, len(names))
     total = time.perf_counter() - started
     meta: dict[str, Any] = {
         "normlab": normlab.__version__,

@@ -16,9 +16,10 @@ import numpy as np
 
 import normlab as nl
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, mlp, mnist, train_step
+from normlab.lab.common import first, mnist, model_accuracy, train_model
 
 FULL = {
     "hidden": [100, 100, 100, 100, 100],
@@ -70,9 +71,9 @@ def run(ctx: RunContext) -> Result:
                 rng=ctx.rng(i),
             )
             activations[(act, config, MOMENTS[0])] = hidden_activations(model, probe)
-            train(model, x, y, cfg, ctx.seed + i)
+            train_network(model, x, y, cfg, ctx.seed + i)
             activations[(act, config, MOMENTS[1])] = hidden_activations(model, probe)
-            accuracies[config] = accuracy(model, data.val.x, data.val.y)
+            accuracies[config] = model_accuracy(model, data.val.x, data.val.y)
     for (act, config, moment), layers in activations.items():
         for depth, a in enumerate(layers, start=1):
             records.append(
@@ -153,14 +154,10 @@ def configuration_label(activation: str, norm: str | None) -> str:
     return f"{activation}, {'batch norm' if norm else 'plain'}"
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: dict, seed: int) -> None:
-    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
-    loss_fn = nn.CrossEntropyLoss()
+def train_network(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: dict, seed: int) -> None:
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
-    model.train()
-    for _ in range(cfg["epochs"]):
-        for xb, yb in loader:
-            train_step(model, loss_fn, opt, xb, yb)
+    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    train_model(model, loader, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=cfg["epochs"])
 
 
 def hidden_activations(model: nn.Sequential, x: np.ndarray) -> list[np.ndarray]:

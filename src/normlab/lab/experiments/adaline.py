@@ -20,7 +20,7 @@ import normlab as nl
 from normlab import nn, optim
 from normlab.data import Standardizer, load_iris
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import train_step
+from normlab.lab.common import Measure, train_model
 
 FULL = {
     "rows": 100,  # setosa and versicolor
@@ -153,9 +153,15 @@ def fit_adaline(
     """Full-batch gradient descent for ``epochs`` epochs.  Returns the cost (sum of squared errors
     / 2) of each epoch, measured before that epoch's update, the final model and its accuracy."""
     model = adaline(init_std, rng)
-    loss_fn = nn.MSELoss(reduction="sum")
-    opt = optim.SGD(model.parameters(), lr=sgd_lr_for(eta))
-    costs = [train_step(model, loss_fn, opt, x, y) / 2 for _ in range(epochs)]
+    costs: list[float] = []
+    train_model(
+        model,
+        [(x, y)],  # one batch, the whole data set as it is (a loader would copy it into C order)
+        optimizer=optim.SGD(model.parameters(), lr=sgd_lr_for(eta)),
+        loss=nn.MSELoss(reduction="sum"),
+        epochs=epochs,
+        callbacks=[Measure(lambda run, _: costs.append(float(run.step.loss_value) / 2))],
+    )
     return {"costs": costs, "model": model, "accuracy": adaline_accuracy(model, x, y)}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, is_finite_loss, mnist, train_step
+from normlab.lab.common import Measure, first, is_finite_loss, mnist, model_accuracy, train_model
 
 FULL = {
     "channels": [8, 16],
@@ -98,7 +98,9 @@ def run(ctx: RunContext) -> Result:
             # the same initial weights for every run: only the normalizer and the batch size differ
             model = small_cnn(norm, cfg["channels"], cfg["groups"], rng=ctx.rng(1))
             outcome = train(model, x, y, batch_size, lr, cfg, seed=ctx.seed)
-            val_error = CHANCE_ERROR if outcome["diverged"] else 1.0 - accuracy(model, x_val, y_val)
+            val_error = (
+                CHANCE_ERROR if outcome["diverged"] else 1.0 - model_accuracy(model, x_val, y_val)
+            )
             errors[norm][batch_size] = val_error
             records.append(
                 {
@@ -221,25 +223,28 @@ def train(
 ) -> dict:
     """SGD with momentum for ``cfg["epochs"]`` epochs; stops early (and says so) if the loss diverges."""
     opt = optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"])
-    loss_fn = nn.CrossEntropyLoss()
     # every step sees exactly ``batch_size`` images; the same shuffles for every normalizer
     loader = DataLoader(x, y, batch_size=batch_size, shuffle=True, drop_last=True, seed=seed)
-    steps, epoch_losses, diverged = 0, [], False
-    for _ in range(cfg["epochs"]):
-        losses = []
-        for xb, yb in loader:
-            losses.append(train_step(model, loss_fn, opt, xb, yb))
-            steps += 1
-            if not is_finite_loss(losses[-1]):
-                diverged = True
-                break
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+
+    def each_epoch(run, epoch: int) -> None:
         epoch_losses.append(float(np.mean(losses)))
-        if diverged:
-            break
+        losses.clear()
+
+    history = train_model(
+        model,
+        loader,
+        optimizer=opt,
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(lambda run, _: losses.append(run.step.loss), each_epoch)],
+        stop_when_diverged=True,
+    )
     return {
-        "steps": steps,
+        "steps": len(history.iterations),
         "epoch_losses": epoch_losses,
-        "diverged": diverged,
+        "diverged": not is_finite_loss(history.iterations[-1]["loss"]),
     }
 
 

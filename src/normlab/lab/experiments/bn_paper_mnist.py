@@ -16,15 +16,16 @@ reaches the accuracy threshold in fewer steps and ends at least as accurate.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
 
 import numpy as np
 
 import normlab as nl
 from normlab import nn, optim
+from normlab.config import ACTIVATIONS, mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import ACTIVATIONS, first, first_reaching, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, first_reaching, mnist, train_model
 
 FULL = {
     "hidden": [100, 100, 100],
@@ -173,12 +174,6 @@ def run(ctx: RunContext) -> Result:
     )
 
 
-def _endless_batches(loader: DataLoader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Mini-batches epoch after epoch (each pass over ``loader`` is a new shuffled epoch)."""
-    while True:
-        yield from loader
-
-
 def _train(ctx: RunContext, norm, x, y, x_test, y_test) -> dict:
     """Train one network; every ``record_every`` steps measure test accuracy and the percentiles of each
     last-hidden-layer unit's input over the probe images."""
@@ -197,34 +192,41 @@ def _train(ctx: RunContext, norm, x, y, x_test, y_test) -> dict:
         i for i, layer in enumerate(model) if isinstance(layer, ACTIVATIONS[cfg["activation"]])
     )
     below, above = model[:last_activation], model[last_activation:]
-    opt = optim.SGD(model.parameters(), lr=cfg["lr"])
-    loss_fn = nn.CrossEntropyLoss()
-    batches = _endless_batches(DataLoader(x, y, batch_size=cfg["batch_size"], seed=ctx.seed))
+    loader = DataLoader(
+        x, y, batch_size=cfg["batch_size"], seed=ctx.seed
+    )  # a new shuffle every epoch
     history: dict = {"steps": [], "test_accuracy": [], "loss": [], "percentiles": []}
-    losses = []
-    for step in range(1, cfg["steps"] + 1):
-        losses.append(train_step(model, loss_fn, opt, *next(batches)))
+    losses: list[float] = []
+
+    def each_step(run, step: int) -> None:
+        losses.append(run.step.loss)
         if step % cfg["record_every"] == 0:
-            accuracy, percentiles = _probe(model, below, above, x_test, y_test, cfg)
+            accuracy, percentiles = _probe(below, above, x_test, y_test, cfg)
             history["steps"].append(step)
             history["test_accuracy"].append(accuracy)
             history["loss"].append(float(np.mean(losses)))
             history["percentiles"].append(percentiles)
-            losses = []
+            losses.clear()
+        if step == cfg["steps"]:  # the paper counts steps, not epochs
+            run.stop_training = True
+
+    train_model(
+        model,
+        loader,
+        optimizer=optim.SGD(model.parameters(), lr=cfg["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        epochs=math.ceil(cfg["steps"] / len(loader)),
+        callbacks=[Measure(each_step)],
+    )
     history["percentiles"] = np.array(history["percentiles"])  # (records, 3, units)
     return history
 
 
-def _probe(model, below, above, x_test, y_test, cfg) -> tuple[float, np.ndarray]:
+def _probe(below, above, x_test, y_test, cfg) -> tuple[float, np.ndarray]:
     """Test accuracy and the (3, units) percentiles of the last hidden layer's pre-activations, in eval mode.
-    ``below`` and ``above`` are the two halves of ``model`` around its last activation (sharing its layers)."""
-    model.eval()
-    try:
-        with nl.no_grad():
-            pre_activation = below(x_test)
-            logits = above(pre_activation)
-    finally:
-        model.train()
+    ``below`` and ``above`` are the two halves of the model around its last activation (sharing its layers)."""
+    pre_activation = nl.predict(below, x_test, batch_size=len(x_test))  # one batch, eval mode
+    logits = nl.predict(above, pre_activation, batch_size=len(pre_activation))
     accuracy = float(np.mean(np.argmax(logits, axis=1) == y_test))
     probe = pre_activation[: cfg["percentile_images"]]
     return accuracy, np.percentile(probe, cfg["percentiles"], axis=0)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, first_reaching, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, first_reaching, mnist, model_accuracy, train_model
 
 FULL = {
     "hidden": [128, 64],
@@ -50,35 +51,12 @@ def run(ctx: RunContext) -> Result:
     for norm, label in ((None, "plain"), ("bn", "batch norm")):
         ctx.log(f"bn-vs-plain: {label}")
         model = mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, rng=ctx.rng(1))
-        opt = optim.Adam(model.parameters(), lr=cfg["lr"])
-        loss_fn = nn.CrossEntropyLoss()
-        loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=ctx.seed)
-        steps, val_steps, val_accs = 0, [0], [accuracy(model, x_val, y_val)]
-        for epoch in range(1, cfg["epochs"] + 1):
-            losses = []
-            for xb, yb in loader:
-                loss = train_step(model, loss_fn, opt, xb, yb)
-                steps += 1
-                losses.append(loss)
-                per_step.append({"model": label, "step": steps, "epoch": epoch, "loss": loss})
-                if steps % cfg["validate_every"] == 0:
-                    val_steps.append(steps)
-                    val_accs.append(accuracy(model, x_val, y_val))
-                    per_step[-1]["val_accuracy"] = val_accs[-1]
-            per_epoch.append(
-                {
-                    "model": label,
-                    "epoch": epoch,
-                    "step": steps,
-                    "train_loss": float(np.mean(losses)),
-                    "val_accuracy": accuracy(model, x_val, y_val),
-                }
-            )
+        val_steps, val_accs = _train(ctx, label, model, x, y, x_val, y_val, per_step, per_epoch)
         histories[label] = {
             "val_steps": val_steps,
             "val_accs": val_accs,
             "losses": [r["loss"] for r in per_step if r["model"] == label],
-            "test_accuracy": accuracy(model, data.test.x, data.test.y),
+            "test_accuracy": model_accuracy(model, data.test.x, data.test.y),
             "reach": {t: first_reaching(val_steps, val_accs, t) for t in cfg["thresholds"]},
         }
     ctx.save_metrics("per_step", per_step)
@@ -132,6 +110,48 @@ def run(ctx: RunContext) -> Result:
             "test_accuracy_plain": plain["test_accuracy"],
         },
     )
+
+
+def _train(ctx: RunContext, label, model, x, y, x_val, y_val, per_step, per_epoch) -> tuple:
+    """Adam on shuffled batches; appends a record per step (and the validation accuracy every
+    ``validate_every`` steps) to ``per_step`` and one per epoch to ``per_epoch``.  Returns the steps at which
+    validation accuracy was measured (0 = before training) and the accuracies."""
+    cfg = ctx.config
+    loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=ctx.seed)
+    val_steps, val_accs = [0], [model_accuracy(model, x_val, y_val)]
+    epoch_losses: list[float] = []
+
+    def each_step(run, step: int) -> None:
+        epoch_losses.append(run.step.loss)
+        record = {"model": label, "step": step, "epoch": run.epoch + 1, "loss": run.step.loss}
+        if step % cfg["validate_every"] == 0:
+            val_steps.append(step)
+            val_accs.append(model_accuracy(model, x_val, y_val))
+            record["val_accuracy"] = val_accs[-1]
+        per_step.append(record)
+
+    def each_epoch(run, epoch: int) -> None:
+        per_epoch.append(
+            {
+                "model": label,
+                "epoch": epoch,
+                "step": len(run.history.iterations),
+                "train_loss": float(np.mean(epoch_losses)),
+                "val_accuracy": model_accuracy(model, x_val, y_val),
+            }
+        )
+        epoch_losses.clear()
+
+    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    train_model(
+        model,
+        loader,
+        optimizer=opt,
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(each_step, each_epoch)],
+    )
+    return val_steps, val_accs
 
 
 def _plot(ctx: RunContext, histories, thresholds):

@@ -24,7 +24,15 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, is_finite_loss, mnist
+from normlab.lab.common import (
+    Measure,
+    correct_predictions,
+    first,
+    is_finite_loss,
+    mnist,
+    model_accuracy,
+    train_model,
+)
 
 MODELS = ("logistic", "wide", "deep")
 MODEL_NAMES = {"logistic": "logistic regression", "wide": "wide", "deep": "deep"}
@@ -202,34 +210,38 @@ def train(model, x, y, x_val, y_val, lr: float, cfg, seed: int) -> list[dict]:
     """Adam for ``cfg["epochs"]`` epochs, like Keras's ``fit``: training loss and accuracy averaged over the
     epoch's batches, validation accuracy (eval mode) after each epoch.  Stops early if the loss diverges."""
     opt = optim.Adam(model.parameters(), lr=lr, eps=cfg["adam_eps"])
-    loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
-    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
-    epochs = []
-    for epoch in range(1, cfg["epochs"] + 1):
-        losses, correct, seen, diverged = [], 0, 0, False
-        for xb, yb in loader:
-            opt.zero_grad()
-            logits = model(xb)
-            losses.append(float(loss_fn(logits, yb)))
-            model.backward(loss_fn.backward())
-            opt.step()
-            correct += int(np.sum(np.argmax(logits, axis=1) == yb))
-            seen += len(yb)
-            if not is_finite_loss(losses[-1]):
-                diverged = True
-                break
+    epochs: list[dict] = []
+    losses: list[float] = []
+    counts = {"correct": 0, "seen": 0}
+
+    def each_step(run, step: int) -> None:
+        losses.append(run.step.loss)
+        counts["correct"] += correct_predictions(run.step.outputs, run.step.targets)
+        counts["seen"] += len(run.step)
+
+    def each_epoch(run, epoch: int) -> None:
         epochs.append(
             {
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
-                "train_accuracy": correct / seen,
-                "val_accuracy": accuracy(model, x_val, y_val),
-                "diverged": diverged,
+                "train_accuracy": counts["correct"] / counts["seen"],
+                "val_accuracy": model_accuracy(model, x_val, y_val),
+                "diverged": not is_finite_loss(losses[-1]),
             }
         )
-        if diverged:
-            break
+        losses.clear()
+        counts.update(correct=0, seen=0)
+
+    train_model(
+        model,
+        loader,
+        optimizer=opt,
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(each_step, each_epoch)],
+        stop_when_diverged=True,
+    )
     return epochs
 
 

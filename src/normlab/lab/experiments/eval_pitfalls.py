@@ -28,9 +28,10 @@ import numpy as np
 
 import normlab as nl
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, mnist, model_accuracy, train_model
 
 FULL = {
     "channels": [8, 16],  # Conv 5x5/2 -> BN -> ReLU -> Conv 3x3/2 -> BN -> ReLU -> Linear
@@ -81,7 +82,7 @@ def run(ctx: RunContext) -> Result:
     ctx.save_metrics("training", history)
     trained = model.state_dict()  # copies: every evaluation below starts from this state
 
-    accuracies: dict[str, float] = {CORRECT: accuracy(model, x_test, y_test)}
+    accuracies: dict[str, float] = {CORRECT: model_accuracy(model, x_test, y_test)}
     for batch_size in cfg["train_mode_batch_sizes"]:
         ctx.log(f"eval-pitfalls: training mode, batch size {batch_size}")
         model.load_state_dict(trained)
@@ -94,19 +95,19 @@ def run(ctx: RunContext) -> Result:
     sorted_batches = class_sorted_batches(x_test, y_test, cfg["class_sorted_batch_size"])
     accuracies[SORTED] = train_mode_accuracy(model, sorted_batches)
     # the same mistaken pass also moved the running statistics (momentum 0.1 per batch)
-    accuracies[LEAKED] = accuracy(model, x_test, y_test)
+    accuracies[LEAKED] = model_accuracy(model, x_test, y_test)
 
     ctx.log("eval-pitfalls: reload without running statistics, then recalibrate")
     reloaded = small_cnn(cfg["channels"], ctx.rng(1))
     load_parameters_only(reloaded, trained)
-    accuracies[LOST] = accuracy(reloaded, x_test, y_test)
+    accuracies[LOST] = model_accuracy(reloaded, x_test, y_test)
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=ctx.seed + 1)
     batches = [xb for xb, _ in itertools.islice(loader, cfg["recalibration_batches"])]
     nl.recalibrate_batch_norm(reloaded, batches)
-    accuracies[RECALIBRATED] = accuracy(reloaded, x_test, y_test)
+    accuracies[RECALIBRATED] = model_accuracy(reloaded, x_test, y_test)
 
     model.load_state_dict(trained)
-    restored = accuracy(model, x_test, y_test)
+    restored = model_accuracy(model, x_test, y_test)
     error = batch_norm_1d_batch_of_one_error(x_test, ctx.rng(2))
 
     pitfalls = [
@@ -172,15 +173,31 @@ def small_cnn(channels: list[int], rng: np.random.Generator) -> nn.Sequential:
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: dict, ctx: RunContext) -> list:
-    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
-    loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=ctx.seed)
-    history = []
-    for epoch in range(1, cfg["epochs"] + 1):
-        ctx.log(f"eval-pitfalls: training epoch {epoch}")
-        model.train()
-        losses = [train_step(model, loss_fn, opt, xb, yb) for xb, yb in loader]
+    history: list[dict] = []
+    losses: list[float] = []
+
+    def each_step(run, step: int) -> None:
+        losses.append(run.step.loss)
+
+    def each_epoch(run, epoch: int) -> None:
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses))})
+        losses.clear()
+
+    train_model(
+        model,
+        loader,
+        optimizer=optim.Adam(model.parameters(), lr=cfg["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[
+            Measure(
+                each_step,
+                each_epoch,
+                before_epoch=lambda run, n: ctx.log(f"eval-pitfalls: training epoch {n}"),
+            )
+        ],
+    )
     return history
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, mnist, model_accuracy, train_model
 
 FULL = {
     "train_images": 1000,
@@ -49,21 +50,7 @@ def run(ctx: RunContext) -> Result:
             ctx.log(f"init-scale: w={w:.2e} {label}")
             # the same weights for both networks at a given scale: only batch norm differs
             model = mlp(sizes, norm=norm, weight_std=w, rng=ctx.rng(i))
-            opt = optim.SGD(model.parameters(), lr=cfg["lr"])
-            loss_fn = nn.CrossEntropyLoss()
-            loader = DataLoader(
-                x,
-                y,
-                batch_size=cfg["batch_size"],
-                replacement=True,
-                num_batches=cfg["iterations_per_epoch"],
-                seed=ctx.seed + i,
-            )
-            accs = [accuracy(model, x, y)]
-            for _ in range(cfg["epochs"]):
-                for xb, yb in loader:
-                    train_step(model, loss_fn, opt, xb, yb)
-                accs.append(accuracy(model, x, y))
+            accs = _train(ctx, model, i, x, y)
             curves[(w, label)] = accs
             records += [
                 {"weight_scale": w, "model": label, "epoch": e, "train_accuracy": a}
@@ -118,6 +105,29 @@ def run(ctx: RunContext) -> Result:
             "final_plain": final["plain"].tolist(),
         },
     )
+
+
+def _train(ctx: RunContext, model, scale_index: int, x, y) -> list[float]:
+    """SGD on batches drawn with replacement; the training accuracy before training and after each epoch."""
+    cfg = ctx.config
+    loader = DataLoader(
+        x,
+        y,
+        batch_size=cfg["batch_size"],
+        replacement=True,
+        num_batches=cfg["iterations_per_epoch"],
+        seed=ctx.seed + scale_index,
+    )
+    accs = [model_accuracy(model, x, y)]
+    train_model(
+        model,
+        loader,
+        optimizer=optim.SGD(model.parameters(), lr=cfg["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(each_epoch=lambda run, _: accs.append(model_accuracy(model, x, y)))],
+    )
+    return accs
 
 
 def _plot(ctx: RunContext, scales, curves):

@@ -19,16 +19,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import (
-    accuracy,
+    Measure,
     first,
     he_normal_init,
     is_finite_loss,
-    mlp,
     mnist,
-    train_step,
+    model_accuracy,
+    train_model,
 )
 
 FULL = {
@@ -173,27 +174,30 @@ def _train(ctx: RunContext, norm, lr, lr_index, x, y, x_val, y_val) -> list[dict
     # the same initial weights and batches for both networks at a given learning rate
     rng = ctx.rng(lr_index)
     model = he_normal_init(mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, rng=rng), rng)
-    opt = optim.SGD(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], seed=ctx.seed + lr_index)
     history = []
-    for epoch in range(1, cfg["epochs"] + 1):
-        losses = []
-        for xb, yb in loader:
-            losses.append(train_step(model, loss_fn, opt, xb, yb))
-            if not is_finite_loss(losses[-1]):
-                break
-        diverged = not is_finite_loss(losses[-1])
+    losses: list[float] = []
+
+    def each_epoch(run, epoch: int) -> None:
         history.append(
             {
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
-                "val_accuracy": accuracy(model, x_val, y_val),
-                "diverged": diverged,
+                "val_accuracy": model_accuracy(model, x_val, y_val),
+                "diverged": not is_finite_loss(losses[-1]),
             }
         )
-        if diverged:
-            break
+        losses.clear()
+
+    train_model(
+        model,
+        loader,
+        optimizer=optim.SGD(model.parameters(), lr=lr),
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(lambda run, _: losses.append(run.step.loss), each_epoch)],
+        stop_when_diverged=True,
+    )
     return history
 
 

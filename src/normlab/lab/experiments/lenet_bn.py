@@ -16,7 +16,15 @@ import numpy as np
 from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, is_finite_loss, mnist
+from normlab.lab.common import (
+    Measure,
+    correct_predictions,
+    first,
+    is_finite_loss,
+    mnist,
+    model_accuracy,
+    train_model,
+)
 
 FULL = {
     "lr_bn": 1.0,
@@ -135,35 +143,37 @@ def train(model, x, y, x_test, y_test, lr: float, cfg, seed: int) -> list[dict]:
     """d2l's ``train_ch6``: SGD on shuffled batches; per epoch the mean training loss and the training
     accuracy over the epoch's batches (training mode, as d2l accumulates them), then the test accuracy."""
     opt = optim.SGD(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
-    model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
-    history = []
-    for epoch in range(1, cfg["epochs"] + 1):
-        loss_sum, correct, seen, diverged = 0.0, 0, 0, False
-        for xb, yb in loader:
-            opt.zero_grad()
-            logits = model(xb)
-            loss = float(loss_fn(logits, yb))
-            model.backward(loss_fn.backward())
-            opt.step()
-            loss_sum += loss * len(yb)
-            correct += int(np.sum(np.argmax(logits, axis=1) == yb))
-            seen += len(yb)
-            if not is_finite_loss(loss):
-                diverged = True
-                break
+    history: list[dict] = []
+    sums = {"loss": 0.0, "correct": 0, "seen": 0, "last_loss": 0.0}
+
+    def each_step(run, step: int) -> None:
+        sums["loss"] += run.step.loss * len(run.step)
+        sums["correct"] += correct_predictions(run.step.outputs, run.step.targets)
+        sums["seen"] += len(run.step)
+        sums["last_loss"] = run.step.loss
+
+    def each_epoch(run, epoch: int) -> None:
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": correct / seen,
-                "test_accuracy": accuracy(model, x_test, y_test),
-                "diverged": diverged,
+                "train_loss": sums["loss"] / sums["seen"],
+                "train_accuracy": sums["correct"] / sums["seen"],
+                "test_accuracy": model_accuracy(model, x_test, y_test),
+                "diverged": not is_finite_loss(sums["last_loss"]),
             }
         )
-        if diverged:
-            break
+        sums.update(loss=0.0, correct=0, seen=0)
+
+    train_model(
+        model,
+        loader,
+        optimizer=opt,
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(each_step, each_epoch)],
+        stop_when_diverged=True,
+    )
     return history
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, he_normal_init, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, he_normal_init, mnist, model_accuracy, train_model
 
 NONE, BN, DROPOUT, DECAY, BN_DECAY = (
     "none",
@@ -155,7 +156,6 @@ def _train(ctx: RunContext, variant, x, y, x_val, y_val) -> tuple[list[float], l
     """Train one variant; training and validation accuracy before training and after every epoch."""
     cfg = ctx.config
     model, opt = _build(ctx, variant, x.shape[1])
-    loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(
         x,
         y,
@@ -164,12 +164,20 @@ def _train(ctx: RunContext, variant, x, y, x_val, y_val) -> tuple[list[float], l
         num_batches=cfg["iterations_per_epoch"],
         seed=ctx.seed,
     )
-    train_acc, val_acc = [accuracy(model, x, y)], [accuracy(model, x_val, y_val)]
-    for _ in range(cfg["epochs"]):
-        for xb, yb in loader:
-            train_step(model, loss_fn, opt, xb, yb)
-        train_acc.append(accuracy(model, x, y))
-        val_acc.append(accuracy(model, x_val, y_val))
+    train_acc, val_acc = [model_accuracy(model, x, y)], [model_accuracy(model, x_val, y_val)]
+
+    def each_epoch(run, epoch: int) -> None:
+        train_acc.append(model_accuracy(model, x, y))
+        val_acc.append(model_accuracy(model, x_val, y_val))
+
+    train_model(
+        model,
+        loader,
+        optimizer=opt,
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(each_epoch=each_epoch)],
+    )
     return train_acc, val_acc
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from normlab import nn, optim
+from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import accuracy, first, mlp, mnist, train_step
+from normlab.lab.common import Measure, first, mnist, model_accuracy, train_model
 
 FULL = {
     "train_images": 1000,
@@ -183,8 +184,6 @@ def _train(ctx: RunContext, norm, w, scale_index, x, y, x_val, y_val) -> dict:
     cfg = ctx.config
     # the same initial weights (and batches) for both networks at a given scale
     model = mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, weight_std=w, rng=ctx.rng(scale_index))
-    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
-    loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(
         x,
         y,
@@ -194,12 +193,20 @@ def _train(ctx: RunContext, norm, w, scale_index, x, y, x_val, y_val) -> dict:
         seed=ctx.seed + scale_index,
     )
     losses: list[float] = []
-    train_acc, val_acc = [accuracy(model, x, y)], [accuracy(model, x_val, y_val)]
-    for _ in range(cfg["epochs"]):
-        for xb, yb in loader:
-            losses.append(train_step(model, loss_fn, opt, xb, yb))
-        train_acc.append(accuracy(model, x, y))
-        val_acc.append(accuracy(model, x_val, y_val))
+    train_acc, val_acc = [model_accuracy(model, x, y)], [model_accuracy(model, x_val, y_val)]
+
+    def each_epoch(run, epoch: int) -> None:
+        train_acc.append(model_accuracy(model, x, y))
+        val_acc.append(model_accuracy(model, x_val, y_val))
+
+    train_model(
+        model,
+        loader,
+        optimizer=optim.Adam(model.parameters(), lr=cfg["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        epochs=cfg["epochs"],
+        callbacks=[Measure(lambda run, _: losses.append(run.step.loss), each_epoch)],
+    )
     return {"losses": losses, "train_acc": train_acc, "val_acc": val_acc}
 
 
