@@ -20,6 +20,7 @@ import numpy as np
 from normlab import kernels
 from normlab.backend import no_grad
 from normlab.callbacks import Callback, FitRun
+from normlab.nn.fusion import fuse
 from normlab.nn.layers import dropout_generators
 from normlab.nn.loss import CrossEntropyLoss
 from normlab.nn.module import Module
@@ -139,10 +140,10 @@ def fit(
     ordered = sorted(callbacks, key=lambda c: c.priority)
     run = FitRun(model, optimizer, criterion, history, batches, list(ordered))
     display = Display(verbose, epochs, len(batches))
-    # ---- THE MODEL THAT RUNS: every training forward/backward goes through ``runner``.  This is the one
-    # place to swap in an equivalent module for speed (e.g. ``runner = nn.fuse(model)``, which must share the
-    # parameters and buffers of ``model``); validation, callbacks and checkpoints keep working on ``model``.
-    runner = model
+    # ---- THE MODEL THAT RUNS: every training forward/backward goes through ``runner``, ``model`` with each
+    # BatchNorm + ReLU/Sigmoid pair fused into one op (nn.fuse: the same layer objects, so the same parameters
+    # and buffers, and the same numbers); validation, callbacks and checkpoints keep working on ``model``.
+    runner = fuse(model)
     saved_modes = _saved_modes(model) + ([] if runner is model else _saved_modes(runner))
     input_grad = runner.requires_input_grad
     runner.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
