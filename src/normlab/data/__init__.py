@@ -12,9 +12,19 @@ or ``normlab data download mnist``) touches the network.
 (60, (100, 784))
 """
 
+from normlab.data.augment import (
+    ColorJitter,
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    compute_mean_std,
+)
 from normlab.data.download import MNIST_MIRRORS, MNIST_SHA256, data_home, download_mnist
 from normlab.data.errors import DataError
 from normlab.data.idx import read_idx, write_idx
+from normlab.data.images import ImageFolder
 from normlab.data.iris import IrisData, load_iris
 from normlab.data.loader import DataLoader
 from normlab.data.mnist import Labeled, Splits, load_mnist
@@ -23,12 +33,20 @@ from normlab.data.transforms import Standardizer, flatten, one_hot, scale_01
 __all__ = [
     "MNIST_MIRRORS",
     "MNIST_SHA256",
+    "ColorJitter",
+    "Compose",
     "DataError",
     "DataLoader",
+    "ImageFolder",
     "IrisData",
     "Labeled",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
     "Splits",
     "Standardizer",
+    "compute_mean_std",
     "data_home",
     "download_mnist",
     "flatten",
