@@ -21,6 +21,13 @@ from normlab.data.augment import (
     RandomResizedCrop,
     compute_mean_std,
 )
+from normlab.data.color_datasets import (
+    CIFAR10,
+    FASHION_MNIST,
+    download_remote,
+    load_cifar10,
+    load_fashion_mnist,
+)
 from normlab.data.download import MNIST_MIRRORS, MNIST_SHA256, data_home, download_mnist
 from normlab.data.errors import DataError
 from normlab.data.idx import read_idx, write_idx
@@ -31,6 +38,8 @@ from normlab.data.mnist import Labeled, Splits, load_mnist
 from normlab.data.transforms import Standardizer, flatten, one_hot, scale_01
 
 __all__ = [
+    "CIFAR10",
+    "FASHION_MNIST",
     "MNIST_MIRRORS",
     "MNIST_SHA256",
     "ColorJitter",
@@ -49,7 +58,10 @@ __all__ = [
     "compute_mean_std",
     "data_home",
     "download_mnist",
+    "download_remote",
     "flatten",
+    "load_cifar10",
+    "load_fashion_mnist",
     "load_iris",
     "load_mnist",
     "one_hot",
