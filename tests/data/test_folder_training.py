@@ -32,9 +32,12 @@ def test_the_example_trains_to_its_stated_accuracy(tmp_path: Path, capsys) -> No
     assert result["test"]["accuracy"] >= 0.9
     assert result["last_epoch"]["val_accuracy"] >= 0.85
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["data"]["folder"] == str(
-        tmp_path / "shapes"
-    )  # absolute: `normlab eval` finds it again
+    # absolute, so `normlab eval` finds the folder again from the run directory
+    assert saved["data"]["folder"] == str(tmp_path / "shapes")
+    assert main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["samples"] == 48
+    assert evaluated["accuracy"] == pytest.approx(result["test"]["accuracy"])
 
 
 def _cfg(tmp_path: Path, **data) -> dict:

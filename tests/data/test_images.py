@@ -262,6 +262,10 @@ def test_truncated_image_fails_at_decode_naming_the_file(folder: Path) -> None:
     index = images.files.index(bad)
     with pytest.raises(DataError, match=rf"{bad}: cannot decode the image"):
         images[np.array([index])]
+    # raised in a worker thread: the same error
+    pooled = ImageFolder(folder, size=(4, 4), workers=2)
+    with pooled, pytest.raises(DataError, match=rf"{bad}: cannot decode the image"):
+        pooled[np.arange(len(pooled))]
     with pytest.raises(DataError, match=rf"{bad}: cannot decode"):
         ImageFolder(folder, size=(4, 4), check="decode")
     checked = ImageFolder(folder, size=(4, 4), check="decode", on_error="skip", cache=True)

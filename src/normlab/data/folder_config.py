@@ -7,7 +7,7 @@
     val_split = 0.2                # stratified, seeded by training.seed
     test_split = 0.0               # > 0: a test part split off the same way; 0: the test metrics are the val part's
     workers = 0                    # decoding threads
-    cache = true                   # keep decoded images (uint8) after the first epoch
+    cache = true                   # keep decoded images (uint8, N*C*H*W bytes) after the first epoch; default false
     augment = ["flip", {name = "crop", padding = 2}, "normalize"]
 
 ``augment`` entries, applied in order to the training batches: ``"flip"`` (horizontal, p = 0.5),
@@ -91,7 +91,7 @@ def check_folder_table(table: dict[str, Any], base: Path | None = None) -> dict[
     workers = table.get("workers", 0)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"data.workers: expected an integer >= 0, got {workers!r}")
-    cache = table.get("cache", True)
+    cache = table.get("cache", False)
     if not isinstance(cache, bool):
         raise ValueError(f"data.cache: expected true or false, got {cache!r}")
     augment = table.get("augment", [])
