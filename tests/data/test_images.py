@@ -228,11 +228,15 @@ def test_empty_class_folder_names_it(folder: Path) -> None:
 def test_non_image_files_and_hidden_folders_are_skipped_and_counted(folder: Path) -> None:
     (folder / "apple" / "notes.txt").write_text("hello")
     (folder / "apple" / ".DS_Store").write_bytes(b"\0\0")
+    (folder / "apple" / "._x.webp").write_bytes(b"\0\5\0\0 macOS metadata")
     (folder / ".hidden").mkdir()
     data = ImageFolder(folder, size=(4, 4))
     assert len(data) == 6 and data.class_names == ["apple", "mango", "zebra"]
-    assert sorted(p.name for p, _ in data.skipped) == [".DS_Store", "notes.txt"]
-    assert all(reason == "not an image file extension" for _, reason in data.skipped)
+    assert sorted((p.name, why) for p, why in data.skipped) == [
+        (".DS_Store", "hidden file"),
+        ("._x.webp", "hidden file"),
+        ("notes.txt", "not an image file extension"),
+    ]
 
 
 def test_corrupt_image_raises_naming_the_file_or_is_skipped(folder: Path) -> None:

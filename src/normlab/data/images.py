@@ -29,7 +29,7 @@ Bad input (each message names the file or folder):
 * a missing ``root``, a ``root`` that is not a folder, no class subfolders, a class folder with no image files:
   ``DataError``;
 * files whose extension is not an image extension (``notes.txt``, ``.DS_Store``): skipped, always, and listed in
-  ``skipped`` (path, reason); hidden folders are not classes;
+  ``skipped`` (path, reason); so are hidden files (``._a.jpg``, macOS metadata); hidden folders are not read;
 * a symlink loop (a folder linking to itself or an ancestor): the repeated folder is skipped and listed in
   ``skipped``; a link that cannot be resolved is treated as a bad image file;
 * a file that is not an image Pillow can read, a truncated or corrupt one, one whose header claims more pixels
@@ -283,6 +283,11 @@ class ImageFolder:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(names):
                 path = Path(here) / name
+                if name.startswith(
+                    "."
+                ):  # e.g. macOS "._a.jpg" metadata next to a.jpg: not an image
+                    self.skipped.append((path, "hidden file"))
+                    continue
                 if not name.lower().endswith(IMAGE_EXTENSIONS):
                     self.skipped.append((path, "not an image file extension"))
                     continue
