@@ -278,9 +278,8 @@ class Dataset:
 
 def load_data(cfg: TrainConfig) -> Dataset:
     """The data the config names, as the model reads it (flat vectors or images), float32."""
-    if (
-        "folder" in cfg.data
-    ):  # train: a streaming DataLoader (Labeled(loader, None)); val, test: arrays
+    if "folder" in cfg.data:
+        # train: a streaming DataLoader (Labeled(loader, None)); val, test: decoded arrays
         from normlab.data.folder_config import folder_data
 
         part = folder_data(cfg.data, cfg.seed, cfg.batch_size)
