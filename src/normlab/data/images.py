@@ -19,8 +19,9 @@ How pixels are made:
   ``L = 0.299 R + 0.587 G + 0.114 B``.  16-bit grayscale is scaled to 8 bits (divided by 257).
 * **Size.** Every image is resized to ``size = (H, W)`` whatever its own size or aspect ratio (no cropping), with
   ``interpolation="bilinear"`` by default: Pillow's bilinear filter widens its support by the shrink factor when
-  downsizing, so it averages every source pixel (antialiased), as torchvision's ``antialias=True`` and Keras's
-  default ``"bilinear"`` do; plain bilinear sampling of 2x2 neighbours would alias fine detail when shrinking.
+  downsizing, so it averages every source pixel (antialiased), as torchvision's ``Resize(antialias=True)`` does.
+  Keras's ``image_dataset_from_directory`` default (bilinear, ``antialias=False``) samples only 2x2 neighbours,
+  which aliases fine detail when shrinking by more than 2x; here the results differ from Keras's accordingly.
   ``"nearest"``, ``"box"``, ``"bicubic"``, ``"lanczos"`` are available.
 * **Scale.** uint8 0..255 -> float32 ``/ 255``; arrays are (N, C, H, W), C = 3 (rgb) or 1 (grayscale).
 
