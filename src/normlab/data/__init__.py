@@ -1,4 +1,6 @@
-"""Data for normlab: MNIST (bundled sample, verified downloader), Iris, transforms and a mini-batch loader.
+"""Data for normlab: MNIST (bundled sample, verified downloader), Iris, transforms and a mini-batch loader;
+image folders read by Pillow (:class:`ImageFolder`), seeded augmentation (:mod:`normlab.data.augment`), and
+CIFAR-10 / Fashion-MNIST downloaded on request (:mod:`normlab.data.color_datasets`).
 
 Everything works offline on the bundled data; only :func:`download_mnist` (or ``load_mnist(..., download=True)``,
 or ``normlab data download mnist``) touches the network.
