@@ -312,8 +312,24 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr)
 
+    if args.dataset != "mnist":
+        from normlab.data.color_datasets import REMOTES, download_remote
+
+        remote = REMOTES[args.dataset]
+        print(f"{remote.name} is in {download_remote(remote, args.root, log=say)}")
+        return EXIT_OK
     directory = download_mnist(args.root, log=say)
     print(f"MNIST is in {directory}")
+    return EXIT_OK
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    from normlab.data.show import samples, write_grid
+
+    images, labels, title = samples(
+        args.source, args.count, args.seed, (args.size, args.size), args.root
+    )
+    print(f"{write_grid(images, labels, args.out, title)}: {len(images)} images of {args.source}")
     return EXIT_OK
 
 
@@ -416,18 +432,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(func=_cmd_eval)
 
-    data = sub.add_parser("data", help="data sets: download MNIST")
+    data = sub.add_parser("data", help="data sets: download, show samples")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     download = data_sub.add_parser("download", help="download a data set and verify its checksums")
     download.add_argument(
-        "dataset", choices=["mnist"], help="the data set (Iris and the MNIST sample are bundled)"
+        "dataset",
+        choices=["mnist", "cifar10", "fashion-mnist"],
+        help="the data set (Iris and the MNIST sample are bundled)",
     )
     download.add_argument(
         "--root",
         metavar="DIR",
-        help="data directory; files go to DIR/mnist (default: $NORMLAB_DATA, else the cache dir)",
+        help="data directory; files go to DIR/<dataset> (default: $NORMLAB_DATA, else the cache dir)",
     )
     download.set_defaults(func=_cmd_data_download)
+    show = data_sub.add_parser("show", help="write a PNG grid of sample images with their labels")
+    show.add_argument(
+        "source", help="a folder of class subfolders, or mnist | fashion-mnist | cifar10"
+    )
+    show.add_argument("--out", default="samples.png", help="the PNG to write (default samples.png)")
+    show.add_argument("--count", type=int, default=32, help="images to show (default 32)")
+    show.add_argument(
+        "--size", type=int, default=64, help="folder images are resized to SIZE x SIZE"
+    )
+    show.add_argument("--seed", type=int, default=0, help="which images (default 0)")
+    show.add_argument("--root", metavar="DIR", help="data directory of the downloaded sets")
+    show.set_defaults(func=_cmd_data_show)
 
     info = sub.add_parser("info", help="versions, machine, kernels in use, data cache location")
     info.add_argument("--json", action="store_true", help="print as JSON")

@@ -155,6 +155,8 @@ def parse_config(raw: Any, source: str = "<config>") -> TrainConfig:
     seed = cfg.training.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise fail(f"training.seed: expected an integer >= 0, got {seed!r}")
+    if "folder" in cfg.data:  # an image folder: its own keys (normlab.data.folder_config)
+        return _check_folder(cfg, source, fail)
     dataset, split = cfg.data.get("dataset", "mnist"), cfg.data.get("split", "sample")
     if dataset not in ("mnist", "iris"):
         raise fail(f"data.dataset: expected 'mnist' or 'iris', got {dataset!r}")
@@ -164,6 +166,19 @@ def parse_config(raw: Any, source: str = "<config>") -> TrainConfig:
         raise fail(
             "data.dataset: iris has 4 features, use the MLP form of [model] (hidden = [...])"
         )
+    return cfg
+
+
+def _check_folder(cfg: TrainConfig, source: str, fail) -> TrainConfig:
+    from normlab.data.folder_config import check_folder_table
+
+    base = Path(source).parent if source != "<config>" else None
+    try:
+        cfg.data = check_folder_table(cfg.data, base)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    if cfg.flat_input:
+        raise fail("data.folder: images are (N, C, H, W); describe the model with [[model.layers]]")
     return cfg
 
 
@@ -301,6 +316,12 @@ class Dataset:
 
 def load_data(cfg: TrainConfig) -> Dataset:
     """The data the config names, as the model reads it (flat vectors or images), float32."""
+    if "folder" in cfg.data:
+        # train: a streaming DataLoader (Labeled(loader, None)); val, test: decoded arrays
+        from normlab.data.folder_config import folder_data
+
+        part = folder_data(cfg.data, cfg.seed, cfg.batch_size)
+        return Dataset(part.train, part.val, part.test, part.n_inputs, part.n_classes)
     if cfg.data.get("dataset", "mnist") == "iris":
         iris = load_iris()
         order = np.random.default_rng(cfg.seed).permutation(len(iris.y))

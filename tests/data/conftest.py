@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normlab.data import download, write_idx
+from normlab.data import color_datasets, download, write_idx
 
 N_TRAIN = 10_012  # more than the 10,000 validation images "full" takes from the end
 N_TEST = 24
@@ -140,4 +141,8 @@ def closed_port_url() -> str:
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, closed_port_url: str) -> None:
     """No test reaches the real mirrors or the user's cache: defaults point at a closed local port and tmp."""
     monkeypatch.setattr(download, "MNIST_MIRRORS", (closed_port_url,))
+    for key, remote in color_datasets.REMOTES.items():
+        monkeypatch.setitem(
+            color_datasets.REMOTES, key, dataclasses.replace(remote, mirrors=(closed_port_url,))
+        )
     monkeypatch.setenv("NORMLAB_DATA", str(tmp_path / "normlab_data"))

@@ -1,4 +1,6 @@
-"""Data for normlab: MNIST (bundled sample, verified downloader), Iris, transforms and a mini-batch loader.
+"""Data for normlab: MNIST (bundled sample, verified downloader), Iris, transforms and a mini-batch loader;
+image folders read by Pillow (:class:`ImageFolder`), seeded augmentation (:mod:`normlab.data.augment`), and
+CIFAR-10 / Fashion-MNIST downloaded on request (:mod:`normlab.data.color_datasets`).
 
 Everything works offline on the bundled data; only :func:`download_mnist` (or ``load_mnist(..., download=True)``,
 or ``normlab data download mnist``) touches the network.
@@ -12,26 +14,56 @@ or ``normlab data download mnist``) touches the network.
 (60, (100, 784))
 """
 
+from normlab.data.augment import (
+    ColorJitter,
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    compute_mean_std,
+)
+from normlab.data.color_datasets import (
+    CIFAR10,
+    FASHION_MNIST,
+    download_remote,
+    load_cifar10,
+    load_fashion_mnist,
+)
 from normlab.data.download import MNIST_MIRRORS, MNIST_SHA256, data_home, download_mnist
 from normlab.data.errors import DataError
 from normlab.data.idx import read_idx, write_idx
+from normlab.data.images import ImageFolder
 from normlab.data.iris import IrisData, load_iris
 from normlab.data.loader import DataLoader
 from normlab.data.mnist import Labeled, Splits, load_mnist
 from normlab.data.transforms import Standardizer, flatten, one_hot, scale_01
 
 __all__ = [
+    "CIFAR10",
+    "FASHION_MNIST",
     "MNIST_MIRRORS",
     "MNIST_SHA256",
+    "ColorJitter",
+    "Compose",
     "DataError",
     "DataLoader",
+    "ImageFolder",
     "IrisData",
     "Labeled",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
     "Splits",
     "Standardizer",
+    "compute_mean_std",
     "data_home",
     "download_mnist",
+    "download_remote",
     "flatten",
+    "load_cifar10",
+    "load_fashion_mnist",
     "load_iris",
     "load_mnist",
     "one_hot",

@@ -121,54 +121,112 @@ def download_mnist(
     message says which files to download from where, and into which directory.  ``log`` receives one line per
     step (the CLI prints them).
     """
-    directory = mnist_dir(root)
-    mirrors = tuple(MNIST_MIRRORS if mirrors is None else mirrors)
     checksums = dict(MNIST_SHA256 if checksums is None else checksums)
+    return download_files(
+        mnist_dir(root),
+        {f"{stem}.gz": sha for stem, sha in checksums.items()},
+        tuple(MNIST_MIRRORS if mirrors is None else mirrors),
+        what="MNIST",
+        hashed="content",
+        timeout=timeout,
+        log=log,
+    )
+
+
+def download_files(
+    directory: Path,
+    checksums: Mapping[str, str],
+    mirrors: Sequence[str],
+    *,
+    what: str,
+    hashed: str = "file",
+    timeout: float = 30.0,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Download each file ``name`` of ``checksums`` (``{name: sha256}``) as ``<mirror><name>`` into ``directory``.
+
+    The machinery of :func:`download_mnist` for any data set ``what`` (named in messages): mirrors in order,
+    verified files kept, ``.part`` files resumed with HTTP Range, an atomic rename once verified, and an offline
+    error that says what to put where.  ``hashed="content"``: the sha256 is of the gunzipped content (and an
+    already decompressed copy without ``.gz`` is accepted); ``"file"``: of the bytes as served.
+    """
+    if hashed not in ("content", "file"):
+        raise ValueError(f"download_files: hashed must be 'content' or 'file', got {hashed!r}")
+    mirrors = tuple(mirrors)
     if not mirrors:
-        raise ValueError("download_mnist: no mirrors given")
+        raise ValueError(f"download_files: no mirrors given for {what}")
     say = log or (lambda _line: None)
-    _ensure_writable(directory)
+    _ensure_writable(directory, what)
 
     # mirrors that could not be connected to are not tried again for the remaining files
     dead: set[str] = set()
     failed: dict[str, list[str]] = {}
-    for stem, sha in checksums.items():
-        if _present(directory, stem, sha, say):
+    for name, sha in checksums.items():
+        if _present(directory, name, sha, hashed, say):
             continue
-        reasons = _download_one(directory, stem, sha, mirrors, dead, timeout, say)
+        reasons = _download_one(directory, name, sha, hashed, mirrors, dead, timeout, say)
         if reasons:
-            failed[stem] = reasons
+            failed[name] = reasons
     if failed:
         first, *rest = failed
         more = f" (and {len(rest)} more file(s) failed)" if rest else ""
-        names = ", ".join(f"{stem}.gz" for stem in failed)
+        names = ", ".join(failed)
         others = f" (or {', '.join(mirrors[1:])})" if len(mirrors) > 1 else ""
         raise DataError(
-            f"could not download MNIST into {directory}: {first}.gz: {'; '.join(failed[first])}{more}. "
+            f"could not download {what} into {directory}: {first}: {'; '.join(failed[first])}{more}. "
             f"Without network: download {names} from {mirrors[0]}{others} and put them in {directory}"
         )
     return directory
 
 
-def _ensure_writable(directory: Path) -> None:
+def verify_file(path: Path, sha256: str) -> None:
+    """Check the sha256 of the file's bytes as they are (read in chunks); ``DataError`` naming it if it differs."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e.strerror or e})") from e
+    if digest.hexdigest() != sha256.lower():
+        raise DataError(
+            f"{path}: sha256 of the file is {digest.hexdigest()}, expected {sha256.lower()} "
+            "(a corrupt, truncated or different file)"
+        )
+
+
+def _ensure_writable(directory: Path, what: str = "MNIST") -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
         raise DataError(
-            f"{directory}: cannot write the MNIST cache directory ({type(e).__name__}: {e.strerror or e}); "
+            f"{directory}: cannot write the {what} cache directory ({type(e).__name__}: {e.strerror or e}); "
             "choose a writable one with root=... (CLI: --root DIR) or the NORMLAB_DATA environment variable"
         ) from e
 
 
-def _present(directory: Path, stem: str, sha: str, say: Callable[[str], None]) -> bool:
-    """Whether the copy of ``stem`` that ``load_mnist`` would read is in ``directory`` and intact."""
-    path = find_file(directory, stem)
+def _check(path: Path, sha: str, hashed: str, name: str | None = None) -> None:
+    if hashed == "content":
+        verify_content(path.read_bytes(), sha, name or str(path))
+    else:
+        verify_file(path, sha)
+
+
+def _present(directory: Path, name: str, sha: str, hashed: str, say: Callable[[str], None]) -> bool:
+    """Whether the copy of ``name`` that the loader would read is in ``directory`` and intact."""
+    if hashed == "content":
+        path = find_file(directory, name.removesuffix(".gz"))
+    else:
+        path = directory / name if (directory / name).is_file() else None
     if path is None:
         return False
     try:
-        read_verified(path, sha)
+        if hashed == "content":
+            read_verified(path, sha)
+        else:
+            verify_file(path, sha)
     except DataError as e:
         say(f"{e}; downloading it again")
         return False
@@ -178,26 +236,27 @@ def _present(directory: Path, stem: str, sha: str, say: Callable[[str], None]) -
 
 def _download_one(
     directory: Path,
-    stem: str,
+    name: str,
     sha: str,
+    hashed: str,
     mirrors: Sequence[str],
     dead: set[str],
     timeout: float,
     say: Callable[[str], None],
 ) -> list[str]:
-    """Fetch ``stem`` from the first mirror that serves it intact; the reasons each mirror failed (empty: done)."""
-    part = directory / f"{stem}.gz.part"
+    """Fetch ``name`` from the first mirror that serves it intact; the reasons each mirror failed (empty: done)."""
+    part = directory / f"{name}.part"
     reasons: list[str] = []
     for mirror in mirrors:
         url = mirror if mirror.endswith("/") else mirror + "/"
-        url += f"{stem}.gz"
+        url += name
         if mirror in dead:
             reasons.append(f"{url}: skipped, the mirror was unreachable")
             continue
         for attempt in ("continue", "from zero"):
             if attempt == "from zero":
                 part.unlink(missing_ok=True)
-            say(f"{stem}.gz: downloading {url}")
+            say(f"{name}: downloading {url}")
             try:
                 resumed = _fetch(url, part, timeout)
             # URLError and socket errors are OSErrors, a malformed URL is a ValueError
@@ -210,16 +269,16 @@ def _download_one(
                     dead.add(mirror)
                 break  # a partial .part is kept: the next mirror (or the next run) continues it
             try:
-                verify_content(part.read_bytes(), sha, url)
+                _check(part, sha, hashed, url)
             except DataError as e:
-                reasons.append(str(e))
+                reasons.append(str(e) if hashed == "content" else f"{url}: {e}")
                 part.unlink(missing_ok=True)
                 if resumed and attempt == "continue":
                     continue  # the kept bytes may be what was bad: once more from zero, same mirror
                 break
             # atomic: the final name appears only with verified content (and takes precedence over a
             # decompressed copy, which find_file looks at only when there is no .gz)
-            final = directory / f"{stem}.gz"
+            final = directory / name
             os.replace(part, final)
             say(f"{final.name}: ok, sha256 verified")
             return []

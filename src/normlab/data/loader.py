@@ -1,4 +1,12 @@
-"""Mini-batches from in-memory arrays, with a seeded generator of their own and resumable state."""
+"""Mini-batches from in-memory arrays or from a dataset, with a seeded generator of their own and resumable state.
+
+The dataset protocol (what :class:`normlab.data.ImageFolder` implements): an object that is not an array, with
+``__len__`` (number of samples) and ``__getitem__(indices)`` taking a 1-D int64 index array and returning the batch
+``(x, y)``.  A dataset whose batches are random (augmentation) also has ``load_batch(indices, rng)``: the loader then
+draws one seed per epoch from its own generator, after the epoch's order, and passes batch ``i`` the generator
+``np.random.default_rng([seed, i])``; so the augmentation is fixed by the loader's seed, and a resumed epoch
+(``load_state_dict``) sees the same random transforms as the uninterrupted one.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +22,16 @@ _STATE_FORMAT = 1
 _CONFIG_KEYS = ("num_samples", "batch_size", "shuffle", "drop_last", "replacement", "num_batches")
 
 
+def is_dataset(x: Any) -> bool:
+    """Whether ``x`` follows the dataset protocol (``__len__`` and ``__getitem__``) rather than being array-like."""
+    if isinstance(x, np.ndarray | list | tuple) or hasattr(x, "__array__"):
+        return False
+    return hasattr(x, "__len__") and hasattr(x, "__getitem__")
+
+
 class DataLoader:
-    """Iterate over mini-batches of ``x`` (N, ...) and, if given, ``y`` (N, ...).
+    """Iterate over mini-batches of ``x`` (N, ...) and, if given, ``y`` (N, ...); or over a dataset ``x``
+    (see the module docstring), whose ``x[indices]`` is already the batch ``(xb, yb)``.
 
     Each pass (``for xb, yb in loader``) is one epoch; every epoch draws a new order from the loader's own
     ``np.random.Generator`` seeded with ``seed``, so the global NumPy RNG is never used or disturbed and two loaders
@@ -44,11 +60,16 @@ class DataLoader:
         num_batches: int | None = None,
         seed: int | None = 0,
     ) -> None:
-        self.x = np.asarray(x)
+        self.is_dataset = is_dataset(x)
+        if self.is_dataset and y is not None:
+            raise ValueError(
+                f"DataLoader: x is a dataset ({type(x).__name__}) that yields (x, y) batches; y must be None"
+            )
+        self.x = x if self.is_dataset else np.asarray(x)
         self.y = None if y is None else np.asarray(y)
-        if self.x.ndim < 1:
+        if not self.is_dataset and self.x.ndim < 1:
             raise ValueError("DataLoader: x must have a sample axis, got a scalar")
-        n = self.x.shape[0]
+        n = len(self.x) if self.is_dataset else self.x.shape[0]
         if self.y is not None and (self.y.ndim < 1 or self.y.shape[0] != n):
             raise ValueError(f"DataLoader: x has {n} samples but y has shape {self.y.shape}")
         if (
@@ -84,7 +105,7 @@ class DataLoader:
 
     @property
     def num_samples(self) -> int:
-        return int(self.x.shape[0])
+        return int(len(self.x) if self.is_dataset else self.x.shape[0])
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
@@ -104,12 +125,18 @@ class DataLoader:
         start = self._rng.bit_generator.state
         skip, self._skip = self._skip, 0
         batches = self._draw_epoch()
+        random_batches = self.is_dataset and hasattr(self.x, "load_batch")
+        # drawn only for datasets with random batches, so the order arrays alone get is unchanged
+        augment_seed = int(self._rng.integers(2**63)) if random_batches else 0
         self._epoch_start, self._position = start, skip
         for i in range(skip, len(batches)):
             idx = batches[i]
             # counted before the yield: a state_dict taken while batch i is in use resumes at i + 1
             self._position = i + 1
-            yield self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
+            if random_batches:
+                yield self.x.load_batch(idx, np.random.default_rng([augment_seed, i]))
+            else:
+                yield self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
         self._epoch_start, self._position = None, 0
 
     def _config(self) -> dict[str, Any]:

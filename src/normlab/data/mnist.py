@@ -180,3 +180,7 @@ def _decode_pair(
     if labels.size and labels.max() >= NUM_CLASSES:
         raise DataError(f"{labels_name}: label {labels.max()} found; expected digits 0..9")
     return Labeled(images, labels.astype(np.int64))
+
+
+# the same checks serve every MNIST-format data set (Fashion-MNIST)
+decode_idx_pair = _decode_pair
