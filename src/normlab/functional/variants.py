@@ -29,12 +29,14 @@ is layer norm's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from normlab.backend import check_float_array, compute_dtype
+from normlab.functional.checks import check_gradient
 from normlab.functional.norm import (
     NormGrads,
     batch_norm_backward,
@@ -119,10 +121,23 @@ class RenormSchedule:
         )
 
 
+class NormOp(NamedTuple):
+    """A batch-norm implementation with the reference's signatures (``normlab.kernels.Op`` fits): the
+    variants run on top of whichever one the caller resolved, the reference by default."""
+
+    forward: Callable[..., Any] = batch_norm_forward
+    backward: Callable[..., Any] = batch_norm_backward
+
+
+REFERENCE_BN = NormOp()
+
+
 class BatchRenormCache(NamedTuple):
     """What :func:`batch_renorm_backward` needs: batch norm's cache (without affine) and the corrections."""
 
-    norm: Any  # NormCache of the un-scaled batch norm: xhat, rstd, batch mean/var
+    norm: Any  # the cache of the un-scaled batch norm (batch mean/var): its backward needs it
+    norm_op: NormOp  # the batch norm that made it: its backward is the one to run
+    xhat: np.ndarray  # the normalized input, compute dtype: dL/dγ needs it
     r: np.ndarray  # shape (C,), compute dtype
     d: np.ndarray  # shape (C,), compute dtype
     weight: np.ndarray | None  # gamma, shape (C,), compute dtype
@@ -163,6 +178,7 @@ def batch_renorm_forward(
     *,
     clipping: RenormClipping,
     eps: float = 1e-5,
+    norm: NormOp = REFERENCE_BN,
 ) -> tuple[np.ndarray, BatchRenormCache]:
     """Batch renormalization of channels-first ``x`` (N, C, *spatial) in training mode.
 
@@ -170,10 +186,14 @@ def batch_renorm_forward(
     ``sqrt(var_B + eps)`` that define ``r`` and ``d``.  Returns ``y`` and the cache; the cache's ``mean`` and
     ``var`` are the batch's (for the caller to update the moving averages).  Eval mode is plain
     :func:`~normlab.functional.norm.batch_norm_forward` with ``running_var = moving_std**2 - eps``.
+    ``norm`` is the batch norm underneath (the reference, or a kernel with its signatures).
     """
-    _, norm_cache = batch_norm_forward(x, None, None, training=True, eps=eps)
-    ct = compute_dtype(np.asarray(x).dtype)
-    xhat = norm_cache.xhat.reshape(norm_cache.input_shape)  # compute dtype
+    x = check_float_array(x, "batch_renorm")
+    if not isinstance(clipping, RenormClipping):
+        raise TypeError(f"batch_renorm: clipping must be a RenormClipping, got {clipping!r}")
+    xhat, norm_cache = norm.forward(x, None, None, use_input_stats=True, eps=eps)
+    ct = compute_dtype(x.dtype)
+    xhat = xhat.astype(ct, copy=False)
     channels = xhat.shape[1]
     mean_b = norm_cache.mean.reshape(channels)
     std_b = np.sqrt(norm_cache.var.reshape(channels) + np.asarray(eps, ct))
@@ -187,8 +207,8 @@ def batch_renorm_forward(
         shift = shift + np.asarray(bias, ct)
     cshape = (1, channels) + (1,) * (xhat.ndim - 2)
     y = xhat * scale.reshape(cshape) + shift.reshape(cshape)
-    cache = BatchRenormCache(norm_cache, r, d, gamma, bias is not None)
-    return y.astype(norm_cache.input_dtype, copy=False), cache
+    cache = BatchRenormCache(norm_cache, norm, xhat, r, d, gamma, bias is not None)
+    return y.astype(x.dtype, copy=False), cache
 
 
 def batch_renorm_backward(dy: np.ndarray, cache: BatchRenormCache) -> NormGrads:
@@ -196,21 +216,20 @@ def batch_renorm_backward(dy: np.ndarray, cache: BatchRenormCache) -> NormGrads:
 
     ``dL/dx`` is batch norm's backward of ``g·γ·r``; ``dL/dγ = Σ g (x̂ r + d)``; ``dL/dβ = Σ g``.
     """
-    dy = check_float_array(dy, "batch_renorm backward", "gradient")
-    norm = cache.norm
-    if dy.shape != norm.input_shape:
-        raise ValueError(
-            f"batch_renorm backward: expected a gradient of shape {norm.input_shape}, got {dy.shape}"
+    if not isinstance(cache, BatchRenormCache):
+        raise TypeError(
+            f"batch_renorm backward: expected the forward's BatchRenormCache, got {cache!r}"
         )
-    ct = norm.xhat.dtype
+    dy = check_gradient(dy, cache.norm.input_shape, "batch_renorm backward")
+    ct = cache.r.dtype
     g = dy.astype(ct, copy=False)
     channels = dy.shape[1]
     cshape = (1, channels) + (1,) * (dy.ndim - 2)
     axes = (0, *range(2, dy.ndim))
-    sum_g = g.sum(axis=axes, dtype=np.float64).astype(ct)
-    sum_g_xhat = (g * norm.xhat.reshape(dy.shape)).sum(axis=axes, dtype=np.float64).astype(ct)
     scale = cache.r if cache.weight is None else cache.weight * cache.r
-    dx = batch_norm_backward(g * scale.reshape(cshape), norm).dx
+    dx = cache.norm_op.backward(g * scale.reshape(cshape), cache.norm).dx
+    sum_g = g.sum(axis=axes, dtype=np.float64).astype(ct)
+    sum_g_xhat = (g * cache.xhat).sum(axis=axes, dtype=np.float64).astype(ct)
     dweight = None if cache.weight is None else cache.r * sum_g_xhat + cache.d * sum_g
     dbias = sum_g if cache.has_bias else None
     return NormGrads(dx, dweight, dbias)
@@ -237,7 +256,8 @@ def update_moving_moments(
 class GhostBatchNormCache(NamedTuple):
     """One batch-norm cache per virtual batch, and the merged statistics of the whole call."""
 
-    chunks: tuple[Any, ...]  # NormCache of each virtual batch
+    chunks: tuple[Any, ...]  # the batch-norm cache of each virtual batch
+    norm_op: NormOp  # the batch norm that made them
     virtual_batch_size: int
     mean: np.ndarray  # merged mean over every chunk, shape (1, C, 1, ...)
     var: np.ndarray  # merged biased variance over every chunk
@@ -252,6 +272,7 @@ def ghost_batch_norm_forward(
     *,
     virtual_batch_size: int,
     eps: float = 1e-5,
+    norm: NormOp = REFERENCE_BN,
 ) -> tuple[np.ndarray, GhostBatchNormCache]:
     """Batch norm of each chunk of ``virtual_batch_size`` consecutive samples, in training mode.
 
@@ -270,24 +291,23 @@ def ghost_batch_norm_forward(
         )
     outputs, caches = [], []
     for start in range(0, x.shape[0], v):
-        y, cache = batch_norm_forward(x[start : start + v], weight, bias, training=True, eps=eps)
+        y, cache = norm.forward(x[start : start + v], weight, bias, use_input_stats=True, eps=eps)
         outputs.append(y)
         caches.append(cache)
     mean, var, count = merge_moments([(c.mean, c.var, c.count) for c in caches])
     out = np.concatenate(outputs, axis=0) if outputs else x.copy()
-    return out, GhostBatchNormCache(tuple(caches), v, mean, var, count, x.shape)
+    return out, GhostBatchNormCache(tuple(caches), norm, v, mean, var, count, x.shape)
 
 
 def ghost_batch_norm_backward(dy: np.ndarray, cache: GhostBatchNormCache) -> NormGrads:
     """Gradients of :func:`ghost_batch_norm_forward`: each chunk's batch-norm backward; parameter
     gradients summed over the chunks."""
-    dy = check_float_array(dy, "ghost_batch_norm backward", "gradient")
-    if dy.shape != cache.input_shape:
-        raise ValueError(
-            f"ghost_batch_norm backward: expected a gradient of shape {cache.input_shape}, got {dy.shape}"
-        )
+    if not isinstance(cache, GhostBatchNormCache):
+        raise TypeError(f"ghost_batch_norm backward: expected the forward's cache, got {cache!r}")
+    dy = check_gradient(dy, cache.input_shape, "ghost_batch_norm backward")
     v = cache.virtual_batch_size
-    grads = [batch_norm_backward(dy[i * v : (i + 1) * v], c) for i, c in enumerate(cache.chunks)]
+    backward = cache.norm_op.backward
+    grads = [backward(dy[i * v : (i + 1) * v], c) for i, c in enumerate(cache.chunks)]
     dx = np.concatenate([g.dx for g in grads], axis=0)
     dweight = None if grads[0].dweight is None else sum(g.dweight for g in grads)
     dbias = None if grads[0].dbias is None else sum(g.dbias for g in grads)
