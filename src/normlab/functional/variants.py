@@ -155,6 +155,10 @@ class BatchRenormCache(NamedTuple):
     def count(self) -> int:
         return self.norm.count
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.norm.input_shape
+
 
 def renorm_corrections(
     batch_mean: np.ndarray,
