@@ -288,7 +288,9 @@ def test_ghost_numba_path_equals_the_reference() -> None:
 def test_ghost_is_not_fused_and_gradients_check() -> None:
     model = nn.Sequential(nn.BatchNorm1d(3, virtual_batch_size=3, dtype=np.float64), nn.ReLU())
     assert not any(isinstance(m, nn.BatchNormAct) for m in nn.fuse(model).modules())
-    check_module_gradients(nn.BatchNorm1d(3, virtual_batch_size=3, dtype=np.float64), _x((9, 3), 11))
+    check_module_gradients(
+        nn.BatchNorm1d(3, virtual_batch_size=3, dtype=np.float64), _x((9, 3), 11)
+    )
 
 
 @pytest.mark.parametrize("v", [0, -1, 2.5, True])
