@@ -37,6 +37,7 @@ from normlab.nn.norm import (
     momentum_to_keras,
 )
 from normlab.nn.registry import build_module, module_spec, register_module, registered_modules
+from normlab.nn.variants import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, WSConv2d
 
 # the normalization layers can be rebuilt from a saved architecture too
 for _norm_layer in (
@@ -60,6 +61,9 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormAct",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "CachedLayer",
     "Conv2d",
     "CrossEntropyLoss",
@@ -83,6 +87,7 @@ __all__ = [
     "Softmax",
     "StateDictError",
     "Tanh",
+    "WSConv2d",
     "batch_norm_layers",
     "build_module",
     "dropout_generators",

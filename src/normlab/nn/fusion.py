@@ -45,9 +45,9 @@ class BatchNormAct(Module):
 
     def __init__(self, bn: Module, act: Module) -> None:
         super().__init__()
-        if type(bn) not in _BATCH_NORMS or type(act) not in _FUSED_OP:
+        if not _fusable(bn, act):
             raise TypeError(
-                f"BatchNormAct: expected a BatchNorm1d/2d/3d and a ReLU or Sigmoid, "
+                f"BatchNormAct: expected a BatchNorm1d/2d/3d (without virtual_batch_size) and a ReLU or Sigmoid, "
                 f"got {type(bn).__name__} and {type(act).__name__}"
             )
         self.bn = bn
@@ -76,6 +76,15 @@ class BatchNormAct(Module):
         return self._op_name
 
 
+def _fusable(norm: Module, activation: Module) -> bool:
+    """A plain batch norm (not Ghost BN: its chunks have no fused kernel) directly before a ReLU/Sigmoid."""
+    return (
+        type(norm) in _BATCH_NORMS
+        and getattr(norm, "virtual_batch_size", None) is None
+        and type(activation) in _FUSED_OP
+    )
+
+
 def fuse(model: Module) -> Module:
     """A new model computing what ``model`` computes, each ``BatchNorm1d/2d/3d`` directly followed by a
     ``ReLU`` or ``Sigmoid`` in a ``Sequential`` (nested ones too) replaced by a :class:`BatchNormAct` holding
@@ -89,7 +98,7 @@ def fuse(model: Module) -> Module:
     i = 0
     while i < len(layers):
         pair = layers[i : i + 2]
-        if len(pair) == 2 and type(pair[0]) in _BATCH_NORMS and type(pair[1]) in _FUSED_OP:
+        if len(pair) == 2 and _fusable(*pair):
             fused.append(BatchNormAct(*pair))
             i += 2
         else:

@@ -211,23 +211,36 @@ class Conv2d(_WeightAndBias):
             x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self._label()
         )
         op = kernels.resolve("conv2d", x)
+        weight, weight_cache = self._conv_weight()
         y, cache = op.forward(
             x,
-            self.weight.data,
+            weight,
             None if self.bias is None else self.bias.data,
             self.stride,
             self.padding,
             self.dilation,
         )
-        self._keep((cache, op.backward), y)  # a backward always matches its forward's op
+        self._keep(
+            (cache, op.backward, weight_cache), y
+        )  # a backward always matches its forward's op
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
         """dL/dx (``None`` if ``requires_input_grad`` is off); accumulates the parameter gradients."""
-        dy, (cache, backward) = self._take_cache(grad_output)
+        dy, (cache, backward, weight_cache) = self._take_cache(grad_output)
         grads = backward(dy, cache, input_grad=self.requires_input_grad)
-        _accumulate(self.weight, grads.dweight, self.bias, grads.dbias)
+        dweight = self._weight_gradient(grads.dweight, weight_cache)
+        _accumulate(self.weight, dweight, self.bias, grads.dbias)
         return grads.dx
+
+    def _conv_weight(self) -> tuple[np.ndarray, Any]:
+        """The kernel the convolution runs with, and what :meth:`_weight_gradient` needs: here the weight
+        itself (``WSConv2d`` standardizes it first)."""
+        return self.weight.data, None
+
+    def _weight_gradient(self, dkernel: np.ndarray, weight_cache: Any) -> np.ndarray:
+        """dL/dweight from dL/d(kernel used): the same array here."""
+        return dkernel
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -307,12 +307,83 @@ class _BatchNorm(_NormBase):
         affine: learn ``weight`` (init 1) and ``bias`` (init 0).
         track_running_stats: keep ``running_mean`` (init 0), ``running_var`` (init 1), ``num_batches_tracked``.
         running_var: ``"unbiased"`` (PyTorch) or ``"biased"`` (Keras, Flax) variance in ``running_var``.
+        virtual_batch_size: Ghost Batch Norm (Hoffer et al., 2017): in training, each chunk of this many
+            consecutive samples is normalized with its own statistics; the training batch must be a multiple
+            of it (else ``ValueError``).  The running statistics are updated once per forward, from the
+            statistics of the whole batch merged exactly from the chunks' (the same update as without
+            chunks).  Eval mode is plain batch norm.  ``None`` (default): no chunks.
         dtype: dtype of parameters and running statistics (float32 by default).
     """
 
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        running_var: str = "unbiased",
+        virtual_batch_size: int | None = None,
+        dtype: Any = None,
+    ) -> None:
+        v = virtual_batch_size
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+            raise ValueError(
+                f"{type(self).__name__}: virtual_batch_size must be an int >= 1 or None, got {v!r}"
+            )
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            running_var=running_var,
+            dtype=dtype,
+        )
+        self.virtual_batch_size = None if v is None else int(v)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
-        return self.forward_with(kernels.resolve("batch_norm", x), x)
+        op = kernels.resolve("batch_norm", x)
+        if self.virtual_batch_size is not None and self.training and x.size:
+            return self._ghost_forward(op, x)
+        return self.forward_with(op, x)
+
+    def _ghost_forward(self, op: kernels.Op, x: np.ndarray) -> np.ndarray:
+        """Training forward of Ghost Batch Norm: every check before any state changes."""
+        v, n = self.virtual_batch_size, x.shape[0]
+        assert v is not None
+        if n % v:
+            raise ValueError(
+                f"{self._label()}: virtual_batch_size={v} needs a training batch that is a multiple of it, "
+                f"got a batch of {n} (input shape {x.shape}); drop the last partial batch or change v"
+            )
+        if x.size // self.num_features // (n // v) < 2:
+            raise ValueError(
+                f"{self._label()}: expected more than 1 value per channel in each virtual batch of {v}, "
+                f"got input of shape {x.shape}"
+            )
+        y, cache = F.ghost_batch_norm_forward(
+            x, self._w(), self._b(), virtual_batch_size=v, eps=self.eps, norm=F.NormOp(*op)
+        )
+        if self.track_running_stats:
+            var = self._store_variance(cache.var.reshape(-1), cache.count)
+            self._update_running_stats(cache.mean.reshape(-1), var)
+        self._keep(cache, F.ghost_batch_norm_backward)
+        return y
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        if self.virtual_batch_size is not None:
+            config["virtual_batch_size"] = self.virtual_batch_size
+        return config
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.virtual_batch_size is not None:
+            s += f", virtual_batch_size={self.virtual_batch_size}"
+        return s
 
     def _check_input(self, x: Any) -> np.ndarray:
         x = self._check_ranks(x)
