@@ -12,6 +12,7 @@ from normlab.interop.fold import (
     fold_batch_norm,
     fold_batch_norm_report,
 )
+from normlab.interop.pytorch import from_torch, to_torch
 
 __all__ = [
     "FoldResult",
@@ -20,4 +21,6 @@ __all__ = [
     "UnsupportedLayerError",
     "fold_batch_norm",
     "fold_batch_norm_report",
+    "from_torch",
+    "to_torch",
 ]
