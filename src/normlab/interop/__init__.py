@@ -12,15 +12,20 @@ from normlab.interop.fold import (
     fold_batch_norm,
     fold_batch_norm_report,
 )
+from normlab.interop.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, OnnxExport, to_onnx
 from normlab.interop.pytorch import from_torch, to_torch
 
 __all__ = [
+    "DEFAULT_OPSET",
+    "SUPPORTED_OPSETS",
     "FoldResult",
     "FoldedSequential",
     "InteropError",
+    "OnnxExport",
     "UnsupportedLayerError",
     "fold_batch_norm",
     "fold_batch_norm_report",
     "from_torch",
+    "to_onnx",
     "to_torch",
 ]

@@ -67,6 +67,8 @@ KNOWN_NORMS = (
 class FoldedSequential(nn.Sequential):
     """A ``Sequential`` for inference only, built by :func:`fold_batch_norm`: always in eval mode."""
 
+    plain_chain = True  # forward is Sequential's: the exporters may open it
+
     def __init__(self, *layers: nn.Module) -> None:
         super().__init__(*layers)
         self.eval()

@@ -13,10 +13,11 @@ def layer_name(path: str, module: nn.Module) -> str:
 def chain(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """The leaf layers of ``model`` in the order its forward runs them, with their paths.
 
-    Only ``Sequential`` (exactly that class) is opened: its forward is known to be the chain of its
-    children.  Any other module is one link (its forward may do anything with its children).
+    Only ``Sequential`` (exactly that class, or a subclass marked ``plain_chain = True`` such as
+    ``FoldedSequential``) is opened: its forward is known to be the chain of its children.  Any other module
+    is one link (its forward may do anything with its children).
     """
-    if type(model) is not nn.Sequential:
+    if type(model) is not nn.Sequential and not type(model).__dict__.get("plain_chain", False):
         return [(prefix, model)]
     links: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
