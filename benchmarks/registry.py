@@ -41,6 +41,7 @@ class Case:
 PROVIDERS = [
     "benchmarks.norm_cases",
     "benchmarks.epoch_cases",  # end to end: one training epoch of the MLP and of LeNet-BN
+    "benchmarks.fold_cases",  # inference with batch norm folded vs not
 ]
 
 
