@@ -226,3 +226,32 @@ def test_updated_running_stats_do_not_warn() -> None:
 def test_not_a_module_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="expected a normlab Module, got dict"):
         nl.fold_batch_norm({})
+
+
+def test_interop_imports_without_torch_or_onnx() -> None:
+    """torch and onnx are optional: imported only inside the functions that need them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'onnx', 'onnxruntime'):\n"
+        "    sys.modules[name] = None  # any import of them now fails\n"
+        "import normlab as nl, normlab.interop, normlab.cli\n"
+        "from normlab import nn\n"
+        "m = nn.Sequential(nn.Linear(2, 3, rng=0), nn.BatchNorm1d(3))\n"
+        "m[1].num_batches_tracked[...] = 1\n"
+        "print(len(nl.fold_batch_norm(m)))\n"
+        "try:\n"
+        "    nl.interop.to_torch(m)\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "1",
+        "normlab.interop needs PyTorch for this: pip install 'normlab[torch]'",
+    ]
