@@ -19,7 +19,10 @@ from normlab.interop import InteropError, UnsupportedLayerError, to_onnx
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-OPSETS = [13, 16, 17, 18, 20, 21, 23]
+# where the graph changes: 13 (every decomposition, ReduceMean axes as an attribute), 17 (LayerNormalization),
+# 18 (ReduceMean axes as an input), 21 (GroupNormalization), 23 (RMSNormalization); Gelu (20) and each
+# op against its decomposition one opset below are covered by test_native_op_from_its_opset_decomposition_before
+OPSETS = [13, 17, 18, 21, 23]
 
 
 def _ort(path) -> object:
@@ -61,7 +64,7 @@ def test_every_layer_in_onnxruntime_over_the_opsets(tmp_path, opset: int) -> Non
             _assert_matches(session, model, inputs(shape, batch=batch, seed=batch))
 
 
-@pytest.mark.parametrize("opset", [13, 17, 21, 23])
+@pytest.mark.parametrize("opset", [13, 23])  # every decomposition; every native op
 @pytest.mark.parametrize("fold", [False, True], ids=["unfolded", "folded"])
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_every_network_in_onnxruntime(tmp_path, name: str, fold: bool, opset: int, mnist) -> None:
