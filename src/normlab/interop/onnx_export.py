@@ -120,15 +120,6 @@ def to_onnx(
         )
     target = check_output_path(path, force, "to_onnx")
     onnx = _onnx()
-    notes = []
-    if model.training:
-        warnings.warn(
-            "to_onnx: the model is in training mode; exporting its eval behaviour (running statistics, "
-            "no dropout)",
-            UserWarning,
-            stacklevel=2,
-        )
-        notes.append("the model was in training mode: exported its eval behaviour")
     work = copy.deepcopy(model).eval()
     folded: list[str] = []
     if fold:
@@ -141,6 +132,15 @@ def to_onnx(
     shape = _input_shape(links, input_shape)
     x = _probe(probe, shape, dtype)
     shapes, expected = _shapes(links, x)
+    notes = []
+    if model.training:  # said once the export is known to go ahead
+        warnings.warn(
+            "to_onnx: the model is in training mode; exporting its eval behaviour (running statistics, "
+            "no dropout)",
+            UserWarning,
+            stacklevel=2,
+        )
+        notes.append("the model was in training mode: exported its eval behaviour")
 
     graph = _Graph(onnx, opset, dtype)
     name = INPUT
