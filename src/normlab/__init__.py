@@ -26,6 +26,7 @@ from normlab.checkpoint import (
     save,
     save_checkpoint,
 )
+from normlab.interop import fold_batch_norm
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
 from normlab.train import History, evaluate, fit, predict
 
@@ -44,6 +45,7 @@ __all__ = [
     "data",
     "evaluate",
     "fit",
+    "fold_batch_norm",
     "freeze_batch_norm",
     "functional",
     "is_grad_enabled",

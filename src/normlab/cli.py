@@ -354,6 +354,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------- export
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 1,28,28, got {text!r}")
+    return shape
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from normlab.interop.command import export_checkpoint, summary_lines
+
+    if not args.onnx and not args.torch:
+        raise CLIError("export: give --onnx OUT.onnx and/or --torch OUT.pt", EXIT_USAGE)
+    path = _existing(args.checkpoint)
+    summary = export_checkpoint(
+        path,
+        onnx_path=args.onnx,
+        torch_path=args.torch,
+        fold=args.fold,
+        opset=args.opset,
+        input_shape=args.input_shape,
+        force=args.force,
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        print("\n".join(summary_lines(summary)))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -458,6 +491,32 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0, help="which images (default 0)")
     show.add_argument("--root", metavar="DIR", help="data directory of the downloaded sets")
     show.set_defaults(func=_cmd_data_show)
+
+    export = sub.add_parser(
+        "export",
+        help="export a saved model to ONNX and/or PyTorch, verified against normlab",
+        description="Export a model or checkpoint (eval mode) to an ONNX file and/or a PyTorch file "
+        "(state dict + architecture); each output is checked against normlab on a probe batch before it "
+        "is written atomically.",
+    )
+    export.add_argument("checkpoint", help="a file written by `normlab train` or normlab.save")
+    export.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX model here")
+    export.add_argument(
+        "--torch", metavar="OUT.pt", help="write a PyTorch state dict + architecture"
+    )
+    export.add_argument(
+        "--fold", action="store_true", help="fold batch norm into Linear/Conv2d first"
+    )
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 to 23 (default 17)")
+    export.add_argument(
+        "--input-shape",
+        type=_shape,
+        metavar="C,H,W",
+        help="input without the batch axis (default: from a first Linear, else MNIST images)",
+    )
+    export.add_argument("--force", action="store_true", help="replace existing output files")
+    export.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export.set_defaults(func=_cmd_export)
 
     info = sub.add_parser("info", help="versions, machine, kernels in use, data cache location")
     info.add_argument("--json", action="store_true", help="print as JSON")
