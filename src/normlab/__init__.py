@@ -29,8 +29,7 @@ from normlab.checkpoint import (
 from normlab.interop import fold_batch_norm
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
 from normlab.train import History, evaluate, fit, predict
-
-__version__ = "0.1.0"
+from normlab.version import __version__
 
 __all__ = [
     "Callback",

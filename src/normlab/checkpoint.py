@@ -237,7 +237,7 @@ def _write(
 ) -> Path:
     import safetensors.numpy
 
-    import normlab
+    from normlab.version import __version__
 
     if not isinstance(model, Module):
         raise TypeError(f"expected a normlab Module, got {type(model).__name__}")
@@ -252,7 +252,7 @@ def _write(
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "normlab_version": normlab.__version__,
+        "normlab_version": __version__,
         "kind": kind,
         "model": {"config": config, "state_keys": list(model.state_dict())},
         "epoch": epoch,

@@ -334,16 +334,17 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import normlab
     from normlab import kernels
+    from normlab.data import data_home
     from normlab.system import machine_description
+    from normlab.version import __version__
 
-    info = {"normlab": normlab.__version__} | machine_description()
+    info = {"normlab": __version__} | machine_description()
     try:
         info["kernels"] = kernels.describe()
     except (ImportError, ValueError) as exc:  # NORMLAB_KERNELS misspelled, or =numba without numba
         raise CLIError(f"normalization kernels unavailable: {exc}") from None
-    info["data cache"] = str(normlab.data.data_home())
+    info["data cache"] = str(data_home())
     if args.json:
         _print_json(info)
     else:

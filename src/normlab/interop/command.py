@@ -148,8 +148,8 @@ def _export_torch(
 ) -> dict[str, Any]:
     import torch
 
-    import normlab
     from normlab.nn.registry import module_spec
+    from normlab.version import __version__
 
     folded = 0
     if fold:
@@ -170,7 +170,7 @@ def _export_torch(
     payload = {
         "format": TORCH_FORMAT,
         "format_version": TORCH_FORMAT_VERSION,
-        "normlab_version": normlab.__version__,
+        "normlab_version": __version__,
         "architecture": json.dumps(module_spec(model)),
         "state_dict": module.state_dict(),
         "source_checkpoint_sha256": source_hash,

@@ -238,10 +238,10 @@ def _shapes(
 
 
 def _metadata(source_hash: str | None, folded: list[str], opset: int) -> dict[str, str]:
-    import normlab
+    from normlab.version import __version__
 
     meta = {
-        "normlab_version": normlab.__version__,
+        "normlab_version": __version__,
         "opset": str(opset),
         "folded_batch_norm": str(len(folded)),
     }

@@ -84,7 +84,7 @@ def run_experiments(
 
     ``progress`` receives the experiments' messages; ``on_start(name, i, total)`` is called as the
     ``i``-th (from 1) of ``total`` experiments starts, ``on_end(run, i, total)`` as it ends."""
-    import normlab
+    from normlab.version import __version__
 
     names = resolve_names(names)
     out_dir = Path(out_dir)
@@ -102,7 +102,7 @@ def run_experiments(
                 on_end(runs[-1], i, len(names))
     total = time.perf_counter() - started
     meta: dict[str, Any] = {
-        "normlab": normlab.__version__,
+        "normlab": __version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": mode,
         "seed": seed,
