@@ -365,3 +365,45 @@ def weight_standardization_forward(weight: np.ndarray, eps: float = 1e-5) -> tup
 def weight_standardization_backward(dw_hat: np.ndarray, cache: Any) -> np.ndarray:
     """dL/dW from dL/dŴ: layer norm's backward over the same axes."""
     return layer_norm_backward(dw_hat, cache).dx
+
+
+# --------------------------------------------------------------------------------------- a batch in parts
+def batch_norm_backward_from_sums(
+    dy: np.ndarray, cache: Any, sum_dy: np.ndarray, sum_dy_xhat: np.ndarray, count: int
+) -> NormGrads:
+    """Batch norm's training backward for one part of a batch that was normalized as a whole.
+
+    ``cache`` is the part's :func:`~normlab.functional.norm.batch_norm_forward` cache made with the whole
+    batch's statistics (``use_input_stats=False``, the statistics given); ``sum_dy`` and ``sum_dy_xhat``
+    (shape (C,)) are ``Σ dy`` and ``Σ dy·x̂`` over the *whole* batch, ``count`` its values per channel.  Then
+
+        dx = γ · rstd · (dy − Σdy / n − x̂ · Σ(dy·x̂) / n)
+
+    is exactly the whole batch's dx restricted to this part, and ``dweight``/``dbias`` are this part's
+    shares of ``Σ dy·x̂`` and ``Σ dy`` (summing the parts' gives the whole batch's).
+    """
+    dy = check_gradient(dy, cache.input_shape, "batch_norm_backward_from_sums")
+    ct = cache.xhat.dtype
+    g = dy.astype(ct, copy=False)
+    channels = dy.shape[1]
+    cshape = (1, channels) + (1,) * (dy.ndim - 2)
+    axes = (0, *range(2, dy.ndim))
+    xhat = cache.xhat.reshape(dy.shape)
+    mean_dy = (np.asarray(sum_dy, np.float64) / count).astype(ct).reshape(cshape)
+    mean_dy_xhat = (np.asarray(sum_dy_xhat, np.float64) / count).astype(ct).reshape(cshape)
+    dx = (g - mean_dy - xhat * mean_dy_xhat) * cache.rstd.reshape(cshape)
+    if cache.weight is not None:
+        dx *= cache.weight
+    dweight = None
+    if cache.weight is not None:
+        dweight = (g * xhat).sum(axis=axes, dtype=np.float64).astype(ct).reshape(cache.param_shape)
+    dbias = g.sum(axis=axes, dtype=np.float64).astype(ct) if cache.has_bias else None
+    return NormGrads(dx.astype(cache.input_dtype, copy=False), dweight, dbias)
+
+
+def channel_sums(dy: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``Σ dy`` and ``Σ dy·x̂`` per channel (axis 1), in float64: what a batch norm's backward needs from
+    every part of a batch before any part's dx is final."""
+    axes = (0, *range(2, dy.ndim))
+    dy64 = np.asarray(dy, np.float64)
+    return dy64.sum(axis=axes), (dy64 * xhat.reshape(dy.shape)).sum(axis=axes)

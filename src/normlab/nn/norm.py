@@ -177,6 +177,7 @@ class _NormBase(_Normalization):
         self.track_running_stats = bool(track_running_stats)
         self.running_var_estimator = running_var
         self.frozen = False  # set by freeze_batch_norm: eval-mode statistics whatever train() says
+        self._deferred_stats: list[tuple[np.ndarray, np.ndarray, int]] | None = None
         dt = as_param_dtype(dtype)
         if self.affine:
             self.weight = Parameter(np.ones(num_features, dtype=dt))
@@ -249,6 +250,32 @@ class _NormBase(_Normalization):
         if self.running_var_estimator == "unbiased":
             return F.unbiased_variance(biased_var, count)
         return biased_var
+
+    def _track(self, batch_mean: np.ndarray, biased_var: np.ndarray, count: int) -> None:
+        """A training forward's statistics (``count`` values per channel): into the running statistics now,
+        or, while ``fit`` accumulates gradients over micro-batches, kept until :meth:`flush_batch_stats`
+        merges the step's micro-batches into one update (as one batch of them all would have made)."""
+        if self._deferred_stats is not None:
+            self._deferred_stats.append((batch_mean.copy(), biased_var.copy(), count))
+        else:
+            self._apply_batch_stats(batch_mean, biased_var, count)
+
+    def _apply_batch_stats(
+        self, batch_mean: np.ndarray, biased_var: np.ndarray, count: int
+    ) -> None:
+        self._update_running_stats(batch_mean, self._store_variance(biased_var, count))
+
+    def defer_batch_stats(self) -> None:
+        """Keep the statistics of the next training forwards for one merged update (see :meth:`_track`)."""
+        self._deferred_stats = []
+
+    def flush_batch_stats(self) -> None:
+        """Apply the statistics kept since :meth:`defer_batch_stats` as one update, merged exactly (Chan's
+        formula), and stop deferring."""
+        parts, self._deferred_stats = self._deferred_stats, None
+        if parts:
+            mean, var, count = F.merge_moments(parts)
+            self._apply_batch_stats(mean, var, count)
 
     def _update_running_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray) -> None:
         bad = ~(np.isfinite(batch_mean) & np.isfinite(batch_var))
@@ -342,9 +369,13 @@ class _BatchNorm(_NormBase):
             dtype=dtype,
         )
         self.virtual_batch_size = None if v is None else int(v)
+        # set by fit's exact gradient accumulation for one step (normlab.nn.accumulation.SplitBatchNorm)
+        self.split_batch: Any = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
+        if self.split_batch is not None and self.training and x.size:
+            return self.split_batch.forward(x)
         op = kernels.resolve("batch_norm", x)
         if self.virtual_batch_size is not None and self.training and x.size:
             return self._ghost_forward(op, x)
@@ -368,8 +399,7 @@ class _BatchNorm(_NormBase):
             x, self._w(), self._b(), virtual_batch_size=v, eps=self.eps, norm=F.NormOp(*op)
         )
         if self.track_running_stats:
-            var = self._store_variance(cache.var.reshape(-1), cache.count)
-            self._update_running_stats(cache.mean.reshape(-1), var)
+            self._track(cache.mean.reshape(-1), cache.var.reshape(-1), cache.count)
         self._keep(cache, F.ghost_batch_norm_backward)
         return y
 
@@ -417,8 +447,7 @@ class _BatchNorm(_NormBase):
             eps=self.eps,
         )
         if self.training and self.track_running_stats:
-            var = self._store_variance(cache.var.reshape(-1), count)
-            self._update_running_stats(cache.mean.reshape(-1), var)
+            self._track(cache.mean.reshape(-1), cache.var.reshape(-1), count)
         self._keep(cache, backward)
         return y
 

@@ -170,11 +170,12 @@ class _BatchRenorm(_BatchNorm):
             eps=self.eps,
             norm=F.NormOp(*kernels.resolve("batch_norm", x)),
         )
-        self._update_moving(cache.mean.reshape(-1), cache.var.reshape(-1))
+        self._track(cache.mean.reshape(-1), cache.var.reshape(-1), cache.count)
         self._keep(cache, F.batch_renorm_backward)
         return y
 
-    def _update_moving(self, batch_mean: np.ndarray, batch_var: np.ndarray) -> None:
+    def _apply_batch_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> None:
+        """The moving averages of the mean and of σ_B = sqrt(var_B + eps) (``batch_var`` biased)."""
         batch_std = np.sqrt(batch_var + self.eps)
         bad = ~(np.isfinite(batch_mean) & np.isfinite(batch_std))
         if bad.any():

@@ -14,6 +14,8 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
     iterations: list[dict[str, float]] = field(default_factory=list)
     seed: int | None = None
+    # how fit stepped: {"accumulate": k, "mode": "ghost" | "exact"} (k = 1: one step per batch)
+    accumulation: dict[str, Any] = field(default_factory=lambda: {"accumulate": 1, "mode": "ghost"})
 
     def __getitem__(self, key: str) -> list[float]:
         """The per-epoch values of ``key`` (``history["val_loss"]``)."""
@@ -26,4 +28,9 @@ class History:
         return {k: self[k] for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "iterations": self.iterations, "seed": self.seed}
+        return {
+            "epochs": self.epochs,
+            "iterations": self.iterations,
+            "seed": self.seed,
+            "accumulation": self.accumulation,
+        }

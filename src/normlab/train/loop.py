@@ -12,7 +12,7 @@ uninterrupted run exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from normlab.nn.layers import dropout_generators
 from normlab.nn.loss import CrossEntropyLoss
 from normlab.nn.module import Module
 from normlab.optim.optimizer import Optimizer
+from normlab.train.accumulate import accumulation_step, check_accumulation
 from normlab.train.batches import as_xy, batch_source, check_batch_size, split_batch
 from normlab.train.display import Display
 from normlab.train.history import History
@@ -103,6 +104,8 @@ def fit(
     seed: int | None = None,
     initial_epoch: int = 0,
     nonfinite_loss: str = "raise",
+    accumulate: int = 1,
+    accumulation: str = "ghost",
 ) -> History:
     """Train ``model`` with ``optimizer`` on arrays ``(x, y)`` or on a batch source ``x`` of ``(xb, yb)``.
 
@@ -124,11 +127,18 @@ def fit(
         nonfinite_loss: ``"raise"`` (default) stops with ``FloatingPointError`` before the update when the
             loss is NaN or infinite; ``"continue"`` makes the update and leaves the decision to callbacks
             (:class:`TerminateOnNaN` stops after that step).
+        accumulate: one optimizer step per this many batches of ``batch_size`` (micro-batches): the step of
+            a batch ``accumulate`` times larger, in the memory of one micro-batch.  ``History.iterations``
+            then counts optimizer steps.
+        accumulation: what batch norm does across the micro-batches: ``"ghost"`` (each normalized by its
+            own statistics, running statistics updated once per step) or ``"exact"`` (the full batch's step,
+            number for number, at the cost of extra passes); see :mod:`normlab.train.accumulate`.
 
     Returns the :class:`History`.  The modes of all modules are restored afterwards, whatever happens.
     """
     criterion = CrossEntropyLoss() if loss is None else loss
     _check_fit_arguments(optimizer, criterion, epochs, initial_epoch, nonfinite_loss)
+    accumulate = check_accumulation(accumulate, accumulation, "fit")
     batch_size = check_batch_size(batch_size, "fit")
     reseed = seed is not None
     if seed is None:
@@ -137,6 +147,7 @@ def fit(
     batches = batch_source(x, y, batch_size, shuffle, seed, "fit")
     metric_fns = resolve_metrics(metrics, criterion)
     history = History(seed=seed)
+    history.accumulation = {"accumulate": accumulate, "mode": accumulation}
     ordered = sorted(callbacks, key=lambda c: c.priority)
     run = FitRun(model, optimizer, criterion, history, batches, list(ordered))
     display = Display(verbose, epochs, len(batches))
@@ -166,7 +177,15 @@ def fit(
                     cb.on_epoch_begin(run, epoch)
                 logs = {
                     "epoch": epoch,
-                    **_train_epoch(run, runner, metric_fns, display, nonfinite_loss),
+                    **_train_epoch(
+                        run,
+                        model if accumulation == "exact" else runner,
+                        metric_fns,
+                        display,
+                        nonfinite_loss,
+                        accumulate,
+                        accumulation,
+                    ),
                 }
                 if validation_data is not None:
                     val = evaluate(
@@ -199,23 +218,38 @@ def _train_epoch(
     metric_fns: dict[str, Metric],
     display: Display,
     nonfinite_loss: str,
+    accumulate: int = 1,
+    accumulation: str = "ghost",
 ) -> dict[str, float]:
-    """One pass of ``runner`` over ``run.batches``, a training step per batch, callbacks after each; stops
-    early when a callback sets ``run.stop_training``.  Returns the sample-weighted means of the pass."""
+    """One pass of ``runner`` over ``run.batches``, a training step per batch (or per ``accumulate``
+    batches), callbacks after each; stops early when a callback sets ``run.stop_training``.  Returns the
+    sample-weighted means of the pass."""
     epoch, optimizer, history = run.epoch, run.optimizer, run.history
     averages = Averages()
-    for batch in run.batches:
-        xb, yb = split_batch(batch, "fit")
+    for group in _groups(run.batches, accumulate):
         try:
-            step = train_step(runner, optimizer, run.loss, xb, yb, nonfinite_loss=nonfinite_loss)
+            if accumulate == 1:
+                xb, yb = group[0]
+                step = train_step(
+                    runner, optimizer, run.loss, xb, yb, nonfinite_loss=nonfinite_loss
+                )
+            else:
+                step = accumulation_step(
+                    runner,
+                    optimizer,
+                    run.loss,
+                    group,
+                    mode=accumulation,
+                    nonfinite_loss=nonfinite_loss,
+                )
         except FloatingPointError as e:
             raise FloatingPointError(
                 f"fit: {e} in epoch {epoch + 1}; lower the learning rate or check the data"
             ) from None
         logs = {"epoch": epoch, "loss": step.loss}
-        logs.update({k: float(fn(step.outputs, yb)) for k, fn in metric_fns.items()})
+        logs.update({k: float(fn(step.outputs, step.targets)) for k, fn in metric_fns.items()})
         logs["lr"] = optimizer.param_groups[0]["lr"]
-        averages.add({k: logs[k] for k in ("loss", *metric_fns)}, len(xb))
+        averages.add({k: logs[k] for k in ("loss", *metric_fns)}, len(step.outputs))
         history.iterations.append({"iteration": len(history.iterations), **logs})
         run.step = step
         for cb in run.callbacks:
@@ -224,6 +258,18 @@ def _train_epoch(
         if run.stop_training:
             break
     return averages.means()
+
+
+def _groups(batches: Any, size: int) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """The batches in consecutive groups of ``size`` (the last one of an epoch may be shorter)."""
+    group: list[tuple[np.ndarray, np.ndarray]] = []
+    for batch in batches:
+        group.append(split_batch(batch, "fit"))
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _eval_batches(x: Any, y: Any, batch_size: int, where: str) -> Any:
