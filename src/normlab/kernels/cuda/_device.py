@@ -12,8 +12,11 @@ tested on machines without a GPU (tests/gpu run them in a subprocess so the sett
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import math
+import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -45,8 +48,30 @@ def simulator() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
+def _missing_driver() -> str | None:
+    """Why no CUDA driver can load, found without importing numba.cuda (which takes seconds), or None
+    when a driver library loads, the simulator is asked for, or numba.cuda is already imported."""
+    if (
+        os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+        or os.environ.get("NUMBA_CUDA_DRIVER")  # a driver at a path numba-cuda is told about
+        or "numba.cuda" in sys.modules
+    ):
+        return None
+    if sys.platform == "darwin":
+        return "CUDA does not run on macOS"
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(name)
+    except OSError as exc:
+        return f"the CUDA driver library ({name}) cannot be loaded: {exc}"
+    return None
+
+
 def status() -> tuple[bool, str]:
     """``(True, what runs the kernels)`` or ``(False, why they cannot run)``; never raises."""
+    missing = _missing_driver()
+    if missing is not None:
+        return False, f"no CUDA device: {missing}"
     try:
         cuda = _cuda()
     except ImportError as exc:
