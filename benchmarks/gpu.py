@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,6 +30,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 EXIT_NO_CUDA = 2
+
+# CuPy exports its arrays with the legacy default stream in __cuda_array_interface__, and numba-cuda by default
+# synchronizes on an exported stream at every kernel launch: the host would wait for the GPU before each of
+# the six launches of a forward + backward.  Every kernel here (CuPy's, numba's, PyTorch's) runs on that one
+# legacy stream, in order, so the wait protects nothing.  Must be set before numba.cuda is imported.
+os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
 
 
 @dataclass
