@@ -34,15 +34,15 @@ def main() -> int:
     for dt in (float32, float64, float16, bfloat16):
         ct = float64 if dt == float64 else float32
         k = kernels(str(ct), 256, 32, 8)
-        x3, x2, x1, c1, f2 = arr(dt, 3), arr(dt, 2), arr(dt, 1), arr(ct, 1), arr(float64, 2)
+        x3, x2, c1, f2 = arr(dt, 3), arr(dt, 2), arr(ct, 1), arr(float64, 2)
         signatures = {
             "planes_partial": (x3, x3, c1, boolean, f2, f2),
             "rows_partial": (x2, x2, c1, boolean, f2, f2),
             "bn_finalize_forward": (f2, f2, float64, float64, c1, c1, c1, c1, c1, c1, c1),
             "bn_finalize_given": (c1, float64, c1, c1, c1, c1, c1),
             "bn_finalize_backward": (f2, f2, float64, c1, c1, c1, boolean, c1, c1, c1, c1, c1),
-            "bn_apply_forward": (x1, c1, c1, c1, int64, int64, x1),
-            "bn_apply_backward": (x1, x1, c1, c1, c1, c1, int64, int64, x1),
+            "bn_apply_forward": (x2, c1, c1, c1, int64, boolean, x2),
+            "bn_apply_backward": (x2, x2, c1, c1, c1, c1, int64, boolean, x2),
             "row_forward": (x2, int64, int64, c1, c1, float64, boolean, x2, c1, c1, c1, c1),
             "row_backward": (x2, x2, int64, int64, c1, c1, c1, c1, boolean, x2, f2, f2),
             "column_param_partial": (x2, x2, c1, c1, c1, f2, f2),

@@ -68,6 +68,7 @@ def test_batch_norm_without_affine():
 def test_batch_norm_single_slice_and_one_value_per_slice():
     """Extremes of the slicing: a channel shorter than a block, and the biggest channel count."""
     check_batch_norm(SIM, (1, 2, 1, 3), "float64")
+    check_batch_norm(SIM, (12, 2, 3, 1), "float64")  # planes shorter than a block: n steps by 2
     check_batch_norm(SIM, (2, 9, 1, 1), "float64", "channels_last")
 
 

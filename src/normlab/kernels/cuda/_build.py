@@ -102,10 +102,13 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
         sft = shift[c]
         a = ACC(0.0)
         b = ACC(0.0)
+        # (n, s) of flat index j, stepped along with j: one integer division per thread, not per value
         j = start + cuda.threadIdx.x
+        n = j // s_len
+        s = j - n * s_len
+        step_n = T // s_len
+        step_s = T - step_n * s_len
         while j < stop:
-            n = j // s_len
-            s = j - n * s_len
             d = ACC(CT(x[n, c, s]) - sft)
             if backward:
                 g = ACC(CT(dy[n, c, s]))
@@ -115,6 +118,11 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
                 a += d
                 b += d * d
             j += T
+            n += step_n
+            s += step_s
+            if s >= s_len:
+                s -= s_len
+                n += 1
         ra, rb = block_sum2(sh_a, sh_b, a, b)
         if cuda.threadIdx.x == 0:
             out_a[c, p] = ra
@@ -229,25 +237,35 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
             k_0[c] = 0.0
 
     # ------------------------------------------------------------------------------------- batch norm, apply
+    # x is viewed as (outer, inner): the (N*C, S) planes of NCHW, channel o % C for plane o, or the (M, C)
+    # rows of channels-last / BatchNorm1d, channel j for column j.  Blocks take outer indices (grid-stride),
+    # threads the inner ones: the channel is known without dividing per value (a 64-bit division costs more
+    # than the value's memory traffic at H200 bandwidth).
     @cuda.jit
-    def bn_apply_forward(x, shift, scale, offset, s_len, channels, y):
-        """Elementwise over flat x: ``y = (x - shift[c]) * scale[c] + offset[c]``, c = (i // s_len) % C."""
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        while i < x.shape[0]:
-            c = (i // s_len) % channels
-            y[i] = (CT(x[i]) - shift[c]) * scale[c] + offset[c]
-            i += stride
+    def bn_apply_forward(x, shift, scale, offset, channels, planes, y):
+        """Elementwise: ``y = (x - shift[c]) * scale[c] + offset[c]``."""
+        o = cuda.blockIdx.x
+        while o < x.shape[0]:
+            plane_c = o % channels
+            j = cuda.threadIdx.x
+            while j < x.shape[1]:
+                c = plane_c if planes else j
+                y[o, j] = (CT(x[o, j]) - shift[c]) * scale[c] + offset[c]
+                j += T
+            o += cuda.gridDim.x
 
     @cuda.jit
-    def bn_apply_backward(x, dy, shift, k_dy, k_d, k_0, s_len, channels, dx):
-        """Elementwise over flat x: ``dx = k_dy[c] dy + k_d[c] (x - shift[c]) + k_0[c]``."""
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        while i < x.shape[0]:
-            c = (i // s_len) % channels
-            dx[i] = k_dy[c] * CT(dy[i]) + k_d[c] * (CT(x[i]) - shift[c]) + k_0[c]
-            i += stride
+    def bn_apply_backward(x, dy, shift, k_dy, k_d, k_0, channels, planes, dx):
+        """Elementwise: ``dx = k_dy[c] dy + k_d[c] (x - shift[c]) + k_0[c]``."""
+        o = cuda.blockIdx.x
+        while o < x.shape[0]:
+            plane_c = o % channels
+            j = cuda.threadIdx.x
+            while j < x.shape[1]:
+                c = plane_c if planes else j
+                dx[o, j] = k_dy[c] * CT(dy[o, j]) + k_d[c] * (CT(x[o, j]) - shift[c]) + k_0[c]
+                j += T
+            o += cuda.gridDim.x
 
     # ------------------------------------------------------------------------------------- per-row norms
     # Layer/RMS norm: x viewed as (R, D), one statistic per row, affine index j.  Group/instance norm: x viewed
@@ -283,12 +301,23 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
             dm_c = CT(dm)
             rs_c = CT(rs)
             base = (r % groups) * per_group
-            j = cuda.threadIdx.x
-            while j < d_len:
-                k = base + j // s_len
-                xhat = ((CT(x[r, j]) - sft) - dm_c) * rs_c
-                y[r, j] = xhat * weight[k] + bias[k]
-                j += T
+            # affine index k = base + j // s_len without a division per value: k = j for layer/RMS norm
+            # rows (s_len == 1, base == 0), else segment by segment
+            if s_len == 1:
+                j = cuda.threadIdx.x
+                while j < d_len:
+                    xhat = ((CT(x[r, j]) - sft) - dm_c) * rs_c
+                    y[r, j] = xhat * weight[j] + bias[j]
+                    j += T
+            else:
+                for seg in range(per_group):
+                    w_k = weight[base + seg]
+                    b_k = bias[base + seg]
+                    j = seg * s_len + cuda.threadIdx.x
+                    while j < (seg + 1) * s_len:
+                        xhat = ((CT(x[r, j]) - sft) - dm_c) * rs_c
+                        y[r, j] = xhat * w_k + b_k
+                        j += T
             r += cuda.gridDim.x
 
     @cuda.jit
@@ -326,10 +355,10 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
                     w = ACC(weight[base + k])
                     a += w * ka
                     b += w * kb
-            else:
+            else:  # layer/RMS norm rows: s_len == 1, base == 0, affine index j
                 j = cuda.threadIdx.x
                 while j < d_len:
-                    g = ACC(CT(dy[r, j]) * weight[base + j // s_len])
+                    g = ACC(CT(dy[r, j]) * weight[j])
                     a += g
                     b += g * ACC(CT(x[r, j]) - sft)
                     j += T
@@ -342,12 +371,20 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
             dm_c = CT(dm)
             mg_c = CT(mean_g)
             mgx_c = CT(mean_g_xhat)
-            j = cuda.threadIdx.x
-            while j < d_len:
-                xhat = ((CT(x[r, j]) - sft) - dm_c) * rs_c
-                g = CT(dy[r, j]) * weight[base + j // s_len]
-                dx[r, j] = rs_c * (g - mg_c - xhat * mgx_c)
-                j += T
+            if s_len == 1:  # affine index as in row_forward
+                j = cuda.threadIdx.x
+                while j < d_len:
+                    xhat = ((CT(x[r, j]) - sft) - dm_c) * rs_c
+                    dx[r, j] = rs_c * (CT(dy[r, j]) * weight[j] - mg_c - xhat * mgx_c)
+                    j += T
+            else:
+                for seg in range(per_group):
+                    w_k = weight[base + seg]
+                    j = seg * s_len + cuda.threadIdx.x
+                    while j < (seg + 1) * s_len:
+                        xhat = ((CT(x[r, j]) - sft) - dm_c) * rs_c
+                        dx[r, j] = rs_c * (CT(dy[r, j]) * w_k - mg_c - xhat * mgx_c)
+                        j += T
             r += cuda.gridDim.x
 
     @cuda.jit

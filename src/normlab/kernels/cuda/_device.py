@@ -209,8 +209,3 @@ def slices(total: int, groups: int, per_thread_min: int) -> int:
     wanted = math.ceil(cfg.target_blocks / max(groups, 1))
     longest = math.ceil(total / per_thread_min)
     return max(1, min(wanted, longest))
-
-
-def elementwise_grid(size: int) -> int:
-    cfg = config()
-    return max(1, min(math.ceil(size / cfg.threads), cfg.max_elementwise_blocks))

@@ -280,12 +280,19 @@ def _bn_given_stats(
     )
 
 
+def _outer_inner(a: Any, layout: str) -> Any:
+    """The apply kernels' 2-D view: (N*C, S) planes, or the (M, C) rows themselves."""
+    return a if layout == "bn_rows" else a.reshape(a.shape[0] * a.shape[1], a.shape[2])
+
+
+def _apply_grid(outer: int) -> int:
+    return max(1, min(outer, _device.config().max_elementwise_blocks))
+
+
 def _bn_apply(xk: Any, layout: str, shift: Any, scale: Any, offset: Any, y: Any) -> None:
-    s_len = 1 if layout == "bn_rows" else xk.shape[2]
-    threads = _device.config().threads
-    grid = _device.elementwise_grid(xk.size)
-    _kernels(xk.dtype).bn_apply_forward[grid, threads](
-        xk.reshape(-1), shift, scale, offset, s_len, xk.shape[1], y.reshape(-1)
+    x2 = _outer_inner(xk, layout)
+    _kernels(xk.dtype).bn_apply_forward[_apply_grid(x2.shape[0]), _device.config().threads](
+        x2, shift, scale, offset, xk.shape[1], layout == "bn_planes", _outer_inner(y, layout)
     )
 
 
@@ -332,9 +339,17 @@ def _bn_backward(dy: Any, cache: CudaNormCache) -> NormGrads:
         k_0,
     )
     dx = xp.empty(xk.shape, dtype=cache.input_dtype)
-    s_len = 1 if cache.layout == "bn_rows" else xk.shape[2]
-    k.bn_apply_backward[_device.elementwise_grid(xk.size), threads](
-        xk.reshape(-1), dyk.reshape(-1), cache.shift, k_dy, k_d, k_0, s_len, c, dx.reshape(-1)
+    x2 = _outer_inner(xk, cache.layout)
+    k.bn_apply_backward[_apply_grid(x2.shape[0]), threads](
+        x2,
+        _outer_inner(dyk, cache.layout),
+        cache.shift,
+        k_dy,
+        k_d,
+        k_0,
+        c,
+        cache.layout == "bn_planes",
+        _outer_inner(dx, cache.layout),
     )
     return _grads(xp, dx, dweight, dbias, cache)
 
