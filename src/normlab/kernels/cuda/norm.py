@@ -29,9 +29,16 @@ writes the row; backward reduces Σγdy and Σγdy·d per row and writes dx.  Pa
 column reduction for layer/RMS norm, per-(sample, channel) segment sums from the row kernel for group and
 instance norm.
 
-Dtypes: float16, float32, float64 and (with ml_dtypes, compute capability >= 8.0) bfloat16 input; statistics
-and arithmetic in float32 (float64 for float64 input), sums in float64; y and dx have the input's dtype,
-statistics and parameter gradients the compute dtype, as in the reference.  Empty input is rejected.
+Dtypes: float16, float32, float64 and bfloat16 input; statistics and arithmetic in float32 (float64 for
+float64 input), sums in float64; y and dx have the input's dtype, statistics and parameter gradients the
+compute dtype, as in the reference.  Empty input is rejected.  bfloat16 arrays are ml_dtypes.bfloat16 (what
+CuPy >= 14 uses); numba-cuda (0.30) maps them to its own bfloat16 type, supported on compute capability >= 8.0,
+not in the simulator's device queries but in its arithmetic (tests/gpu run it there).  Every kernel compiles to
+PTX for sm_90 in all four dtypes (tests/gpu/ptx_check.py); none has yet run on a real GPU.
+
+Status: correct against the reference under numba-cuda's simulator; not yet timed on a GPU.  Each forward and
+each backward is three numba launches plus a few CuPy allocations; on small tensors the host-side launch cost
+(tens of microseconds) may dominate, which benchmarks/gpu.py will show.
 """
 
 from __future__ import annotations
