@@ -32,8 +32,8 @@ instance norm.
 Dtypes: float16, float32, float64 and bfloat16 input; statistics and arithmetic in float32 (float64 for
 float64 input), sums in float64; y and dx have the input's dtype, statistics and parameter gradients the
 compute dtype, as in the reference.  Empty input is rejected.  bfloat16 arrays are ml_dtypes.bfloat16 (what
-CuPy >= 14 uses); numba-cuda (0.30) maps them to its own bfloat16 type, supported on compute capability >= 8.0,
-not in the simulator's device queries but in its arithmetic (tests/gpu run it there).  Every kernel compiles to
+CuPy >= 14 uses); numba-cuda (0.30) maps them to its own bfloat16 type on devices of compute capability >= 8.0;
+the simulator reports no bfloat16 support but runs the kernels on such arrays (tests/gpu does).  Every kernel compiles to
 PTX for sm_90 in all four dtypes (tests/gpu/ptx_check.py); none has yet run on a real GPU.
 
 Status: correct against the reference under numba-cuda's simulator; not yet timed on a GPU.  Each forward and
