@@ -344,6 +344,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         info["kernels"] = kernels.describe()
     except (ImportError, ValueError) as exc:  # NORMLAB_KERNELS misspelled, or =numba without numba
         raise CLIError(f"normalization kernels unavailable: {exc}") from None
+    from normlab.kernels import cuda as cuda_kernels  # imports no CUDA; describe() never raises
+
+    info["gpu"] = cuda_kernels.describe()
     info["data cache"] = str(data_home())
     if args.json:
         _print_json(info)
