@@ -22,6 +22,7 @@ from normlab.checkpoint import (
 )
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
 from normlab.train import History, evaluate, fit, predict
+from normlab import doctor  # noqa: E402  (a callable package: nl.doctor(model, batches))
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "ModelCheckpoint",
     "__version__",
     "data",
+    "doctor",
     "evaluate",
     "fit",
     "freeze_batch_norm",
