@@ -8,7 +8,7 @@
 True
 """
 
-from normlab import data, functional, nn, optim
+from normlab import data, doctor, functional, nn, optim  # doctor: callable, nl.doctor(model)
 from normlab.backend import is_grad_enabled, no_grad
 from normlab.callbacks import Callback, EarlyStopping, LRSchedulerCallback, ModelCheckpoint
 from normlab.checkpoint import (
@@ -22,7 +22,6 @@ from normlab.checkpoint import (
 )
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
 from normlab.train import History, evaluate, fit, predict
-from normlab import doctor  # noqa: E402  (a callable package: nl.doctor(model, batches))
 
 __version__ = "0.1.0"
 

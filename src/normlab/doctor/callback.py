@@ -70,7 +70,8 @@ class DoctorCallback(Callback):
         for name, before in self._frozen.items():
             after = self._layer_state(layers[name])
             changed = {
-                k: float(np.max(np.abs(after[k].astype(np.float64) - v))) for k, v in before.items()
+                k: float(np.max(np.abs(after[k].astype(np.float64) - v)))
+                for k, v in before.items()
                 if not np.array_equal(after[k], v)
             }
             if changed:
@@ -95,7 +96,9 @@ class DoctorCallback(Callback):
 
     def _check(self, run: FitRun, epoch: int) -> None:
         sample = _sample_batch(run.batches)
-        report = examine(run.model, None if sample is None else [sample], inference=False, stale=False)
+        report = examine(
+            run.model, None if sample is None else [sample], inference=False, stale=False
+        )
         for finding in report.findings:
             self._emit(finding)
 

@@ -113,24 +113,35 @@ class _Snapshot:
         self.model = model
         self.state = model.state_dict()  # copies
         self.modules = [(m, m.training, dict(vars(m))) for m in model.modules()]
-        self.params = [(p, p.requires_grad, None if p.grad is None else p.grad.copy()) for p in model.parameters()]
+        self.params = [
+            (p, p.requires_grad, None if p.grad is None else p.grad.copy())
+            for p in model.parameters()
+        ]
         self.generators = [
             (m, m.generator, copy.deepcopy(m.generator.bit_generator.state))
             for m in model.modules()
             if isinstance(getattr(m, "generator", None), np.random.Generator)
         ]
-        self.global_rng = np.random.get_state()
+        # the legacy global state: user code may draw from it, so the doctor must leave it as it was
+        self.global_rng = np.random.get_state()  # noqa: NPY002
 
     def restore_if_changed(self) -> None:
         current = self.model.state_dict()
         if current.keys() != self.state.keys() or any(
-            not np.array_equal(current[k], v, equal_nan=v.dtype.kind == "f") for k, v in self.state.items()
+            not np.array_equal(current[k], v, equal_nan=v.dtype.kind == "f")
+            for k, v in self.state.items()
         ):
             self.model.load_state_dict(self.state)
         for m, training, attributes in self.modules:
             m.training = training
-            for key, value in attributes.items():  # flags (frozen, momentum, eps ...) and wrapped methods
-                if key not in ("_parameters", "_buffers", "_modules") and vars(m).get(key) is not value:
+            for (
+                key,
+                value,
+            ) in attributes.items():  # flags (frozen, momentum, eps ...) and wrapped methods
+                if (
+                    key not in ("_parameters", "_buffers", "_modules")
+                    and vars(m).get(key) is not value
+                ):
                     object.__setattr__(m, key, value)
             for key in set(vars(m)) - set(attributes):
                 object.__delattr__(m, key)
@@ -145,7 +156,7 @@ class _Snapshot:
                 object.__setattr__(m, "generator", generator)
             if generator.bit_generator.state != state:
                 generator.bit_generator.state = state
-        np.random.set_state(self.global_rng)
+        np.random.set_state(self.global_rng)  # noqa: NPY002
 
 
 __all__ = ["DoctorError", "Report", "doctor", "examine"]

@@ -27,14 +27,16 @@ from normlab.nn.module import Module
 from normlab.nn.norm import _BatchNorm, _NormBase
 
 # thresholds (documented in the table of normlab.doctor)
-STALE_ALPHA = 1e-3  # BN003: family-wise false-alarm rate of the z-test over all channels of all layers
-STALE_SHIFT = 0.25  # BN003: and |batch mean - running mean| at least this many running standard deviations
-STALE_VAR_RATIO = 2.0  # BN003: or batch variance / running variance outside [1/2, 2]
+# BN003: beyond sampling noise (z-test, family-wise false-alarm rate over all judged channels) ...
+STALE_ALPHA = 1e-3
+# ... and far enough to matter: mean over channels of KL(data's N(mean, var) || N(running mean, var))
+STALE_KL = 0.05
 MIN_SAMPLES = 16  # BN003/BN010: fewer samples than this and the statistics are not judged
 MIN_VALUES = 32  # BN005: values per channel in a batch below this: noisy batch statistics
-COST_MARGIN = 0.01  # BN003/BN004: an accuracy cost (or changed predictions) of 1 point makes an error
-SQRT_FIT = 0.5  # BN010: var ~ running_var**2 fits at least twice as well as var ~ running_var
-SQRT_MIN_ERROR = math.log(2.0)  # BN010: and var ~ running_var is off by a factor 2 (median over channels)
+COST_MARGIN = 0.01  # BN003/BN004: an accuracy cost (or changed predictions) of 1 point is an error
+# BN010: var ~ running_var**2 fits at least twice as well as var ~ running_var, which is off by 2x
+SQRT_FIT = 0.5
+SQRT_MIN_ERROR = math.log(2.0)
 
 
 @dataclass
@@ -57,7 +59,9 @@ def as_batches(batches: Any, labels: Any, batch_size: int) -> Batches:
             raise DoctorError(
                 f"doctor: batches must be an array (N, ...) with at least 2 dims, got shape {batches.shape}"
             )
-        items: Iterable[Any] = [batches[i : i + batch_size] for i in range(0, len(batches), batch_size)]
+        items: Iterable[Any] = [
+            batches[i : i + batch_size] for i in range(0, len(batches), batch_size)
+        ]
     else:
         try:
             items = list(batches)
@@ -68,10 +72,16 @@ def as_batches(batches: Any, labels: Any, batch_size: int) -> Batches:
             ) from None
     inputs, pair_labels = [], []
     for i, item in enumerate(items):
-        x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
+        x, y = (
+            (item[0], item[1] if len(item) > 1 else None)
+            if isinstance(item, (tuple, list))
+            else (item, None)
+        )
         x = np.asarray(x)
         if x.ndim < 2 or len(x) == 0:
-            raise DoctorError(f"doctor: batch {i} must be a non-empty array (N, ...), got shape {x.shape}")
+            raise DoctorError(
+                f"doctor: batch {i} must be a non-empty array (N, ...), got shape {x.shape}"
+            )
         if not np.issubdtype(x.dtype, np.floating):
             raise DoctorError(f"doctor: batch {i} must hold floats, got dtype {x.dtype}")
         inputs.append(x)
@@ -120,7 +130,9 @@ class LayerStats:
         return mean, np.maximum(self.total_sq / self.count - mean**2, 0.0)
 
 
-def _forward_capturing(model: Module, data: Batches) -> tuple[list[np.ndarray], dict[str, LayerStats]]:
+def _forward_capturing(
+    model: Module, data: Batches
+) -> tuple[list[np.ndarray], dict[str, LayerStats]]:
     """Outputs of ``model`` (a copy, left as it is given) on every batch, and the input statistics of each
     layer with running statistics.  The copy's layers are wrapped (instance attributes), never the model's."""
     stats: dict[str, LayerStats] = {}
@@ -133,7 +145,9 @@ def _forward_capturing(model: Module, data: Batches) -> tuple[list[np.ndarray], 
             if original is None:
                 continue
 
-            def wrapped(x: Any, *args: Any, _orig: Any = original, _s: LayerStats = stats[name]) -> Any:
+            def wrapped(
+                x: Any, *args: Any, _orig: Any = original, _s: LayerStats = stats[name]
+            ) -> Any:
                 y = _orig(x, *args)  # the layer validates the input first
                 _s.add(x)
                 return y
@@ -236,7 +250,12 @@ class DataExamination:
         z_crit = NormalDist().inv_cdf(1.0 - STALE_ALPHA / (2 * channels))
         out: list[Finding] = []
         stale: list[str] = []
-        for name, s in judged.items():
+        upstream_flagged = False
+        for name, s in self.stats.items():
+            if name in skip:
+                upstream_flagged = True
+            if name not in judged:
+                continue
             layer = self.layers[name]
             rm = np.asarray(layer.running_mean, np.float64)
             rv = np.asarray(layer.running_var, np.float64)
@@ -247,7 +266,10 @@ class DataExamination:
             z = np.abs(u.mean(axis=0) - rm) / se
             shift = np.abs(mean - rm) / np.sqrt(rv + layer.eps)
             ratio = (var + layer.eps) / (rv + layer.eps)
+            if upstream_flagged:  # its input is wrong because of an earlier layer: judged there
+                continue
             if self._holds_std(var, rv, layer.eps):
+                upstream_flagged = True
                 out.append(
                     Finding(
                         "BN010",
@@ -257,37 +279,45 @@ class DataExamination:
                         "variance matches running_var squared, not running_var (a convention mismatch "
                         "in an import).",
                         {
-                            "median_log_error_as_var": round(self._log_errors(var, rv, layer.eps)[0], 4),
-                            "median_log_error_as_std": round(self._log_errors(var, rv, layer.eps)[1], 4),
+                            "median_log_error_as_var": round(
+                                self._log_errors(var, rv, layer.eps)[0], 4
+                            ),
+                            "median_log_error_as_std": round(
+                                self._log_errors(var, rv, layer.eps)[1], 4
+                            ),
                         },
                         "Square the imported values (running_var = std**2) or re-import with the source's "
                         "variance, then check eval accuracy.",
                     )
                 )
                 continue
-            shifted = (z > z_crit) & (shift > STALE_SHIFT)
-            scaled = (ratio > STALE_VAR_RATIO) | (ratio < 1.0 / STALE_VAR_RATIO)
-            if not (shifted.any() or scaled.any()):
+            # the distance of the data's per-channel normal from the running one, averaged over channels
+            kl = 0.5 * (ratio + (mean - rm) ** 2 / (rv + layer.eps) - 1.0 - np.log(ratio))
+            z_var = np.abs(np.log(ratio)) / math.sqrt(2.0 / (n - 1))
+            significant = np.maximum(z, z_var) > z_crit
+            if float(kl.mean()) <= STALE_KL or not significant.any():
                 continue
-            c = int(np.argmax(np.where(shifted, shift, 0.0) + np.where(scaled, np.abs(np.log(ratio)), 0.0)))
+            c = int(np.argmax(np.where(significant, kl, -1.0)))
             stale.append(name)
             out.append(
                 Finding(
                     "BN003",
                     "warning",
                     name,
-                    f"running statistics do not describe the data: {int(shifted.sum())} channel(s) with "
-                    f"a mean shift beyond sampling noise, {int(scaled.sum())} with a variance off by more "
-                    f"than {STALE_VAR_RATIO:g}x.",
+                    "running statistics do not describe the data: the data's per-channel mean and "
+                    f"variance are {float(kl.mean()):.3f} nats (mean KL divergence over channels) from "
+                    f"the running ones, beyond sampling noise in {int(significant.sum())} channel(s).",
                     {
                         "samples": n,
+                        "mean_kl": round(float(kl.mean()), 4),
+                        "kl_threshold": STALE_KL,
                         "z_threshold": round(z_crit, 3),
+                        "significant_channels": int(significant.sum()),
                         "worst_channel": c,
-                        "z": round(float(z[c]), 2),
+                        "z_mean": round(float(z[c]), 2),
+                        "z_var": round(float(z_var[c]), 2),
                         "mean_shift_in_running_std": round(float(shift[c]), 3),
                         "var_ratio": round(float(ratio[c]), 3),
-                        "shifted_channels": int(shifted.sum()),
-                        "rescaled_channels": int(scaled.sum()),
                     },
                     "Recompute them with normlab.recalibrate_batch_norm(model, training_batches) after the "
                     "last weight change, in eval mode, and never run inference in training mode.",
@@ -318,7 +348,10 @@ class DataExamination:
         for i, f in enumerate(findings):
             if f.code != "BN003":
                 continue
-            evidence = f.evidence | {"accuracy": round(now, 4), "accuracy_recalibrated": round(after, 4)}
+            evidence = f.evidence | {
+                "accuracy": round(now, 4),
+                "accuracy_recalibrated": round(after, 4),
+            }
             severity = "error" if after - now >= COST_MARGIN else f.severity
             findings[i] = Finding(f.code, severity, f.layer, f.message, evidence, f.fix)
 

@@ -5,6 +5,7 @@ Every function here reads the model and never writes to it.  Each returns a list
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -50,7 +51,7 @@ def consecutive_layers(model: Module) -> Iterator[tuple[str, Module, str, Module
         children = [
             (f"{prefix}.{name}" if prefix else name, m) for name, m in container.named_children()
         ]
-        for (a, la), (b, lb) in zip(children, children[1:], strict=False):
+        for (a, la), (b, lb) in itertools.pairwise(children):
             yield a, la, b, lb
 
 
@@ -70,9 +71,9 @@ def _model_is_trained(model: Module) -> bool:
     for _, m in normalization_layers(model):
         if _affine_moved(m):
             return True
-        if isinstance(m, _NormBase) and m.track_running_stats and int(m.num_batches_tracked) > 0:
-            if not _at_init(m):
-                return True
+        tracked = isinstance(m, _NormBase) and m.track_running_stats
+        if tracked and int(m.num_batches_tracked) > 0 and not _at_init(m):
+            return True
     return False
 
 
@@ -224,8 +225,10 @@ def keras_eps(model: Module) -> list[Finding]:
     """BN009: Keras's eps (1e-3) with the PyTorch (unbiased) running-variance convention."""
     out = []
     for name, m in tracked_layers(model):
-        if isinstance(m, _BatchNorm) and math.isclose(m.eps, KERAS_EPS) and (
-            m.running_var_estimator == "unbiased"
+        if (
+            isinstance(m, _BatchNorm)
+            and math.isclose(m.eps, KERAS_EPS)
+            and (m.running_var_estimator == "unbiased")
         ):
             out.append(
                 Finding(
@@ -335,7 +338,11 @@ def folding_opportunities(model: Module) -> list[Finding]:
     inference the pair folds into one layer (y = W'x + b')."""
     out = []
     for a, la, b, lb in consecutive_layers(model):
-        if isinstance(la, (Linear, Conv2d)) and isinstance(lb, _BatchNorm) and lb.track_running_stats:
+        if (
+            isinstance(la, (Linear, Conv2d))
+            and isinstance(lb, _BatchNorm)
+            and lb.track_running_stats
+        ):
             out.append(
                 Finding(
                     "BN014",
