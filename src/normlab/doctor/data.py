@@ -244,7 +244,10 @@ class DataExamination:
         judged = {
             n: s
             for n, s in self.stats.items()
-            if n not in skip and s.count and sum(len(u) for u in s.sample_means) >= MIN_SAMPLES
+            if n in self.layers
+            and n not in skip
+            and s.count
+            and sum(len(u) for u in s.sample_means) >= MIN_SAMPLES
         }
         channels = sum(self.layers[n].num_features for n in judged) or 1
         z_crit = NormalDist().inv_cdf(1.0 - STALE_ALPHA / (2 * channels))
@@ -252,6 +255,8 @@ class DataExamination:
         stale: list[str] = []
         upstream_flagged = False
         for name, s in self.stats.items():
+            if name not in self.layers:
+                continue
             if name in skip:
                 upstream_flagged = True
             if name not in judged:
