@@ -295,6 +295,7 @@ def fit(
     verbose: int = 1,
     seed: int | None = None,
     initial_epoch: int = 0,
+    doctor: bool = False,
 ) -> History:
     """Train ``model`` with ``optimizer`` on arrays ``(x, y)`` or on a batch source ``x`` of ``(xb, yb)``.
 
@@ -311,11 +312,17 @@ def fit(
         verbose: 0 silent, 1 progress bar (on a terminal; one line per epoch otherwise), 2 one line per epoch.
         seed: derive each epoch's shuffling and dropout masks from ``(seed, epoch)``; ``None`` draws a seed
             (recorded in ``History.seed``) and leaves dropout generators alone.
+        doctor: run the batch-norm doctor's cheap checks when training starts and after each epoch, warning
+            once per finding code (:class:`normlab.doctor.DoctorCallback`).
 
     Returns the :class:`History`.  A non-finite loss stops training with ``FloatingPointError``.  The modes of
     all modules are restored afterwards, whatever happens.
     """
     criterion = CrossEntropyLoss() if loss is None else loss
+    if doctor:  # the doctor sits above train: imported only when asked for
+        from normlab.doctor import DoctorCallback
+
+        callbacks = [*callbacks, DoctorCallback()]
     if not isinstance(optimizer, Optimizer):
         raise TypeError(
             f"fit: optimizer must be a normlab Optimizer, got {type(optimizer).__name__}"
