@@ -51,12 +51,15 @@ class DoctorCallback(Callback):
         self.findings: list[Finding] = []
         self.warned: set[str] = set()
         self._frozen: dict[str, dict[str, np.ndarray]] = {}
+        self._checked_start = False
 
     def on_train_begin(self, run: FitRun) -> None:
         self.findings, self.warned, self._frozen = [], set(), {}
+        self._checked_start = False
 
     def on_epoch_begin(self, run: FitRun, epoch: int) -> None:
-        if not self.findings and not self.warned:  # the first epoch of this run
+        if not self._checked_start:  # the first epoch of this run: the model in training mode
+            self._checked_start = True
             self._check(run, epoch)
         self._frozen = {
             name: {k: np.array(v, copy=True) for k, v in self._layer_state(m).items()}
