@@ -81,6 +81,7 @@ def _run_checks(model: Module, data: Any, inference: bool, stale: bool) -> Repor
         skip = {f.layer for f in report.findings if f.code in ("BN001", "BN002")}
         if stale:
             report.findings += exam.stale_statistics(skip)
+            report.notes += exam.notes
         if in_training:
             cost = exam.training_mode_cost()
     for name, _ in in_training:

@@ -31,8 +31,11 @@ from normlab.nn.norm import _BatchNorm, _NormBase
 STALE_ALPHA = 1e-3
 # ... and far enough to matter: mean over channels of KL(data's N(mean, var) || N(running mean, var))
 STALE_KL = 0.05
-MIN_SAMPLES = 16  # BN003/BN010: fewer samples than this and the statistics are not judged
+# BN003/BN010: with fewer samples the statistics are not judged (the KL estimate of a healthy MLP is
+# 0.028 at 400 samples but 0.059 at 100: small samples inflate it)
+MIN_SAMPLES = 256
 MIN_VALUES = 32  # BN005: values per channel in a batch below this: noisy batch statistics
+RECALIBRATION_BATCH = 256  # BN003: recalibration of the copy runs on batches of this size
 COST_MARGIN = 0.01  # BN003/BN004: an accuracy cost (or changed predictions) of 1 point is an error
 # BN010: var ~ running_var**2 fits at least twice as well as var ~ running_var, which is off by 2x
 SQRT_FIT = 0.5
@@ -201,6 +204,7 @@ class DataExamination:
         outputs, self.stats = _forward_capturing(twin, data)
         self.eval_pred = _predictions(outputs)
         self.layers = dict(tracked_layers(model))
+        self.notes: list[str] = []
 
     # ----------------------------------------------------------------------------------- BN005
     def too_few_values(self, batch_statistics: list[str]) -> list[Finding]:
@@ -249,6 +253,11 @@ class DataExamination:
             and s.count
             and sum(len(u) for u in s.sample_means) >= MIN_SAMPLES
         }
+        if self.data.samples < MIN_SAMPLES:
+            self.notes.append(
+                f"stale statistics (BN003/BN010) not judged: {self.data.samples} samples, fewer than "
+                f"{MIN_SAMPLES}"
+            )
         channels = sum(self.layers[n].num_features for n in judged) or 1
         z_crit = NormalDist().inv_cdf(1.0 - STALE_ALPHA / (2 * channels))
         out: list[Finding] = []
@@ -348,7 +357,12 @@ class DataExamination:
         assert self.data.labels is not None
         now = _accuracy(self.eval_pred, self.data.labels)
         twin = copy.deepcopy(self.model)
-        recalibrate_batch_norm(twin, self.data.inputs)
+        # regrouped into batches of RECALIBRATION_BATCH samples: the given ones may be too small for batch norm
+        x = np.concatenate(self.data.inputs)
+        chunks = [x[i : i + RECALIBRATION_BATCH] for i in range(0, len(x), RECALIBRATION_BATCH)]
+        if len(chunks) > 1 and len(chunks[-1]) < 2:
+            chunks = chunks[:-1]
+        recalibrate_batch_norm(twin, chunks)
         after = _accuracy(_predictions(_run(twin, self.data, training=False)), self.data.labels)
         for i, f in enumerate(findings):
             if f.code != "BN003":
