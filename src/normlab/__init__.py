@@ -8,7 +8,7 @@
 True
 """
 
-from normlab import data, functional, nn, optim
+from normlab import data, doctor, functional, nn, optim  # doctor: callable, nl.doctor(model)
 from normlab.backend import is_grad_enabled, no_grad
 from normlab.callbacks import (
     Callback,
@@ -42,6 +42,7 @@ __all__ = [
     "TerminateOnNaN",
     "__version__",
     "data",
+    "doctor",
     "evaluate",
     "fit",
     "fold_batch_norm",

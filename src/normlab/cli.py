@@ -1,4 +1,4 @@
-"""The ``normlab`` command: the demo, the lab, training from a config, evaluation, data and info.
+"""The ``normlab`` command: the demo, the lab, training from a config, evaluation, the doctor, data and info.
 
 Exit codes: 0 success, 1 a failure while working (missing file, bad config contents, failed download),
 2 a usage error (unknown command, option or experiment).  Errors are one line on stderr, without a traceback
@@ -294,6 +294,84 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------- doctor
+def _doctor_data(path: Path, model: Any, data: str, limit: int) -> tuple[Any, Any]:
+    """``(x, y)`` for ``normlab doctor --data``: the MNIST test split (``sample``/``full``, shaped as the model
+    reads it; or the data of the config.json next to the checkpoint) or an ``.npz`` file with ``x`` (and
+    optionally ``y``)."""
+    import numpy as np
+
+    from normlab.config import as_model_input, load_config, load_data, reads_flat_input
+
+    if data in ("sample", "full"):
+        config_file = path.parent / "config.json"
+        if config_file.is_file():  # written by `normlab train` next to its checkpoints
+            cfg = load_config(config_file)
+            cfg.data["split"] = data
+            part = load_data(cfg).test
+        else:
+            from normlab.data import load_mnist
+
+            part = as_model_input(load_mnist(data).test, reads_flat_input(model))
+        return part.x[:limit], part.y[:limit]
+    file = Path(data)
+    if not file.is_file() or file.suffix != ".npz":
+        raise CLIError(
+            f"--data {data}: expected 'sample', 'full' or an existing .npz file", EXIT_USAGE
+        )
+    with np.load(file, allow_pickle=False) as arrays:
+        if "x" not in arrays:
+            raise CLIError(f"{data}: the .npz file holds no array 'x' (found {sorted(arrays)})")
+        x = np.asarray(arrays["x"], dtype=np.float32)
+        y = np.asarray(arrays["y"]) if "y" in arrays else None
+    return x[:limit], None if y is None else y[:limit]
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import normlab as nl
+    from normlab.doctor import DoctorError
+
+    path = _existing(args.checkpoint)
+    model = nl.load(path)  # a CheckpointError names what is wrong with a file that is not normlab's
+    x = y = None
+    if args.data:
+        x, y = _doctor_data(path, model, args.data, args.limit)
+    try:
+        report = nl.doctor(model, x, labels=y)
+    except DoctorError as e:
+        raise CLIError(f"{path}: {e}") from None
+    failing = report.at_or_above(args.fail_on)
+    code = EXIT_FAILURE if failing else EXIT_OK
+    if args.json:
+        _print_json(
+            {"checkpoint": str(path), "fail_on": args.fail_on, "exit_code": code} | report.to_dict()
+        )
+        return code
+    from rich.table import Table
+
+    console = _console()
+    if report.findings:
+        table = Table(title=f"normlab doctor: {path}")
+        for column in ("severity", "code", "layer", "finding", "evidence", "fix"):
+            table.add_column(column, no_wrap=column in ("severity", "code", "layer"))
+        colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+        for f in report.findings:
+            c = colors[f.severity]
+            evidence = ", ".join(f"{k}={v}" for k, v in f.evidence.items())
+            table.add_row(
+                f"[{c}]{f.severity}[/{c}]", f.code, f.layer or "<model>", f.message, evidence, f.fix
+            )
+        console.print(table)
+    for note in report.notes:
+        print(note)
+    data_line = f"{len(x)} samples" if x is not None else "no data (static checks only)"
+    print(
+        f"{len(report.findings)} finding(s), {len(failing)} at or above {args.fail_on}; "
+        f"{len(report.normalization_layers)} normalization layer(s); {data_line}"
+    )
+    return code
+
+
 def _existing(path: str) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -468,6 +546,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(func=_cmd_eval)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="find batch-norm mistakes in a saved model (exit 1 if any at or above --fail-on)",
+        description="Examine a model or checkpoint for batch-norm mistakes (codes BN001...; see "
+        "normlab.doctor).  Static checks always; with --data, checks that run the model on the data.",
+    )
+    doctor.add_argument("checkpoint", help="a file written by `normlab train` or normlab.save")
+    doctor.add_argument(
+        "--data",
+        metavar="sample|full|PATH",
+        help="run the data checks on the MNIST test split (sample or full) or on an .npz file with "
+        "arrays x (and y, for accuracy costs)",
+    )
+    doctor.add_argument(
+        "--limit",
+        type=int,
+        default=2000,
+        help="at most this many samples of the data (default 2000)",
+    )
+    doctor.add_argument(
+        "--fail-on",
+        choices=["info", "warning", "error"],
+        default="warning",
+        help="exit 1 if a finding has this severity or above (default warning)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
 
     data = sub.add_parser("data", help="data sets: download, show samples")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -20,6 +20,7 @@ import numpy as np
 from normlab import kernels
 from normlab.backend import no_grad
 from normlab.callbacks import Callback, FitRun
+from normlab.doctor.callback import DoctorCallback
 from normlab.nn.fusion import fuse
 from normlab.nn.layers import dropout_generators
 from normlab.nn.loss import CrossEntropyLoss
@@ -106,6 +107,7 @@ def fit(
     nonfinite_loss: str = "raise",
     accumulate: int = 1,
     accumulation: str = "ghost",
+    doctor: bool = False,
 ) -> History:
     """Train ``model`` with ``optimizer`` on arrays ``(x, y)`` or on a batch source ``x`` of ``(xb, yb)``.
 
@@ -134,9 +136,14 @@ def fit(
             own statistics, running statistics updated once per step) or ``"exact"`` (the full batch's step,
             number for number, at the cost of extra passes); see :mod:`normlab.train.accumulate`.
 
+        doctor: run the batch-norm doctor's cheap checks when training starts and after each epoch, warning
+            once per finding code (:class:`normlab.doctor.DoctorCallback`).
+
     Returns the :class:`History`.  The modes of all modules are restored afterwards, whatever happens.
     """
     criterion = CrossEntropyLoss() if loss is None else loss
+    if doctor:
+        callbacks = [*callbacks, DoctorCallback()]
     _check_fit_arguments(optimizer, criterion, epochs, initial_epoch, nonfinite_loss)
     accumulate = check_accumulation(accumulate, accumulation, "fit")
     batch_size = check_batch_size(batch_size, "fit")
