@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from normlab import kernels
+from normlab import distributed, kernels
 from normlab.backend import no_grad
 from normlab.callbacks import Callback, FitRun
 from normlab.nn.layers import dropout_generators
@@ -332,6 +332,9 @@ def fit(
     reseed = seed is not None
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)
+    sync = distributed.FitSync.begin(model, seed)  # distributed: None in one process
+    if sync is not None:
+        seed = sync.seed  # distributed: rank 0's seed on every rank
     if validation_split:
         if validation_data is not None or not isinstance(x, np.ndarray) or y is None:
             raise ValueError("fit: validation_split needs arrays (x, y) and no validation_data")
@@ -344,11 +347,13 @@ def fit(
             )
         x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
     batches = _batch_source(x, y, batch_size, shuffle, seed, "fit")
+    if sync is not None:
+        batches = sync.shard(batches)  # distributed: this rank's chunk of every batch
     metric_fns = _resolve_metrics(metrics, criterion)
     history = History(seed=seed)
     ordered = sorted(callbacks, key=lambda c: c.priority)
     run = FitRun(model, optimizer, criterion, history, batches, list(ordered))
-    display = _Display(verbose, epochs, len(batches))
+    display = _Display(verbose if sync is None or sync.world.is_main else 0, epochs, len(batches))
     saved_modes = _saved_modes(model)
     input_grad = model.requires_input_grad
     model.requires_input_grad_(False)  # the input is data: the first layer may skip dL/dx
@@ -369,7 +374,7 @@ def fit(
                     cb.on_epoch_begin(run, epoch)
                 averages = _Averages()
                 for batch in batches:
-                    logs = _train_step(model, optimizer, criterion, batch, metric_fns, epoch)
+                    logs = _train_step(model, optimizer, criterion, batch, metric_fns, epoch, sync)
                     averages.add({k: logs[k] for k in ("loss", *metric_fns)}, int(logs.pop("_n")))
                     history.iterations.append({"iteration": len(history.iterations), **logs})
                     for cb in ordered:
@@ -414,6 +419,7 @@ def _train_step(
     batch: Any,
     metric_fns: dict[str, Metric],
     epoch: int,
+    sync: distributed.FitSync | None = None,
 ) -> dict[str, float]:
     xb, yb = _split_batch(batch, "fit")
     optimizer.zero_grad()
@@ -423,12 +429,21 @@ def _train_step(
         raise FloatingPointError(
             f"fit: the loss became {value} in epoch {epoch + 1}; lower the learning rate or check the data"
         )
-    model.backward(criterion.backward())
+    grad = criterion.backward()
+    if (
+        sync is not None
+    ):  # distributed: the gradient of the global batch's loss, averaged over ranks
+        grad = sync.scale_output_grad(grad, criterion)
+    model.backward(grad)
+    if sync is not None:
+        sync.average_gradients()
     optimizer.step()
     logs = {"epoch": epoch, "loss": value}
     logs.update({name: float(fn(out, yb)) for name, fn in metric_fns.items()})
     logs["lr"] = optimizer.param_groups[0]["lr"]
     logs["_n"] = len(xb)
+    if sync is not None:  # distributed: loss and metrics of the global batch on every rank
+        logs = sync.reduce_logs(logs, len(xb), ["loss", *metric_fns])
     return logs
 
 
