@@ -176,6 +176,8 @@ class MPIWorld(World):
     def abort(self, message: str, code: int = 1) -> None:
         sys.stderr.write(message.rstrip() + "\n")
         sys.stderr.flush()
+        sys.stdout.flush()
+        time.sleep(0.2)  # let mpiexec forward this rank's last lines before it ends every rank
         self.comm.Abort(code)
 
     def __repr__(self) -> str:
