@@ -254,6 +254,8 @@ def faulty(mode: str, directory: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "hang":
                 time.sleep(120)
+            if mode == "exit":
+                sys.exit(1)
         opt.zero_grad()
         loss(model(rng.normal(size=(4, 5))), rng.integers(0, 3, size=4))
         model.backward(loss.backward())

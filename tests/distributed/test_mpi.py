@@ -157,6 +157,16 @@ def test_a_rank_that_stops_calling_collectives_times_out(mpiexec: str, tmp_path:
     print(f"hang: every rank ended in {seconds:.1f} s, exit status {done.returncode}")
 
 
+def test_a_rank_that_leaves_early_ends_every_rank(mpiexec: str, tmp_path: Path) -> None:
+    done, seconds = launch(mpiexec, 2, "exit", tmp_path)
+    assert done.returncode != 0
+    assert seconds < 60  # without the exit handshake: the 300 s timeout
+    assert "rank 1 ended the program while other ranks still called collectives" in done.stderr
+    assert "rank(s) [1] ended the program while rank 0 waited in collective" in done.stderr
+    _loadable(tmp_path, 1)
+    print(f"exit: every rank ended in {seconds:.1f} s, exit status {done.returncode}")
+
+
 def test_bad_input_is_a_clear_error_on_every_rank(mpiexec: str, tmp_path: Path) -> None:
     done, seconds = launch(mpiexec, 2, "bad", tmp_path)
     assert done.returncode != 0, done.stdout + done.stderr

@@ -25,6 +25,7 @@ promises neither).  No hang:
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import sys
@@ -58,6 +59,10 @@ def launched_by_mpiexec() -> bool:
 def _checksum(what: str, length: int) -> float:
     """The call's identity as an exact float64 (a CRC32 fits in the 53-bit mantissa)."""
     return float(zlib.crc32(f"{what}:{length}".encode()))
+
+
+_EXIT = "exit"
+_EXIT_CHECKSUM = _checksum(_EXIT, 0)
 
 
 def sum_in_rank_order(rows: np.ndarray) -> np.ndarray:
@@ -96,6 +101,17 @@ class World:
         payload[1:] = flat
         rows = self._allgather(payload, what)
         if np.any(rows[:, 0] != payload[0]):
+            if what == _EXIT:
+                raise CollectiveMismatch(
+                    f"normlab.distributed: rank {self.rank} ended the program while other ranks still "
+                    "called collectives"
+                )
+            exited = np.flatnonzero(rows[:, 0] == _EXIT_CHECKSUM).tolist()
+            if exited:
+                raise CollectiveMismatch(
+                    f"normlab.distributed: rank(s) {exited} ended the program while rank {self.rank} "
+                    f"waited in collective '{what}'; ending this rank too"
+                )
             raise CollectiveMismatch(
                 f"normlab.distributed: rank {self.rank} called collective '{what}' with {flat.size} values, "
                 f"but rank(s) {np.flatnonzero(rows[:, 0] != payload[0]).tolist()} called a different one at "
@@ -207,6 +223,7 @@ def get_world() -> World:
             if world.size > 1:
                 _install_fault_handler(world)
                 _announce(world)
+                atexit.register(_exit_together, world)
         else:
             world = SingleProcess()
         _WORLD = world
@@ -228,6 +245,18 @@ def _announce(world: World) -> None:
         ranks = ", ".join(f"rank {r}: pid {int(pid)}" for r, (pid, _) in enumerate(table))
         sys.stderr.write(f"normlab.distributed: {world.size} ranks ({ranks})\n")
         sys.stderr.flush()
+
+
+def _exit_together(world: World) -> None:
+    """At exit, a last collective: a rank that leaves the program early (``sys.exit``, the end of a script
+    with fewer steps) meets the others in a collective they did not call, and every rank ends at once
+    instead of waiting for the timeout."""
+    try:
+        world.allgather(np.zeros(0), _EXIT)
+    except CollectiveMismatch as e:
+        sys.stderr.write(f"{e}\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _install_fault_handler(world: World) -> None:
