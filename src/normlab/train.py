@@ -430,9 +430,8 @@ def _train_step(
             f"fit: the loss became {value} in epoch {epoch + 1}; lower the learning rate or check the data"
         )
     grad = criterion.backward()
-    if (
-        sync is not None
-    ):  # distributed: the gradient of the global batch's loss, averaged over ranks
+    # distributed: the gradient of the global batch's loss, averaged over ranks
+    if sync is not None:
         grad = sync.scale_output_grad(grad, criterion)
     model.backward(grad)
     if sync is not None:
