@@ -138,9 +138,12 @@ def test_a_killed_rank_ends_every_rank(mpiexec: str, tmp_path: Path) -> None:
     killed = re.search(r"KILLING pid (\d+)", done.stdout)
     assert killed is not None, done.stdout
     pid = killed.group(1)
-    # mpiexec names the dead process by pid; rank 0's table at start maps it to its rank
-    assert f"rank 2: pid {pid}" in done.stderr
-    assert re.search(rf"PID {pid} RUNNING", done.stdout + done.stderr), done.stdout + done.stderr
+    # mpiexec names a badly terminated process by pid (the killed one, or a survivor that MPICH ended
+    # first when its peer vanished); rank 0's table at start maps every pid to its rank
+    table = dict(re.findall(r"rank (\d+): pid (\d+)", done.stderr))
+    assert table.get("2") == pid
+    named = re.search(r"PID (\d+) RUNNING", done.stdout + done.stderr)
+    assert named is not None and named.group(1) in table.values(), done.stdout + done.stderr
     assert "SAVED step 2" not in done.stdout
     _loadable(tmp_path, 1)
     print(f"kill: every rank ended in {seconds:.1f} s, exit status {done.returncode}")
