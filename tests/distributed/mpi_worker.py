@@ -21,8 +21,15 @@ from normlab.train import fit
 
 WORLD = distributed.get_world()
 K, RANK = WORLD.size, WORLD.rank
+OUT = sys.argv[2] if len(sys.argv) > 2 else "."
 TOL_STATS = 1e-12
 TOL_PARAMS = 1e-10
+
+
+def report(line: str) -> None:
+    """A result line, in this rank's own file (mpiexec may interleave the ranks' stdout mid-line)."""
+    with open(os.path.join(OUT, f"rank{RANK}.txt"), "a") as f:
+        f.write(line + "\n")
 
 
 def check(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> None:
@@ -32,7 +39,7 @@ def check(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> None:
     scale = max(1.0, float(np.max(np.abs(want), initial=0)))
     assert err <= tol * scale, f"rank {RANK}: {name}: max error {err:.3e} > {tol:g} * {scale:.3g}"
     if RANK == 0:
-        print(f"CHECK {name} {err / scale:.3e}", flush=True)
+        report(f"CHECK {name} {err / scale:.3e}")
 
 
 def split(n: int) -> list[tuple[int, int]]:
@@ -174,7 +181,7 @@ def training_matches(build: object, shape: tuple[int, ...], label: str) -> None:
     gap = float(np.max(np.abs(params(plain) - params(whole))))
     assert gap > 1e-4, f"rank {RANK}: local BN should differ from global BN, gap {gap:.2e}"
     if RANK == 0:
-        print(f"CHECK train-{label}-localbn-differs-from-global {gap:.3e}", flush=True)
+        report(f"CHECK train-{label}-localbn-differs-from-global {gap:.3e}")
     check(f"train-{label}-localbn-vs-per-chunk-bn", params(plain), params(ghost), TOL_PARAMS)
     # the replicas agree with each other to the bit (fixed-order sums)
     rows = WORLD.allgather(params(synced), "test replicas")
@@ -225,7 +232,7 @@ def sharded_loader() -> None:
             a, b = distributed.chunk_bounds(len(idx), K, RANK)
             assert np.array_equal(mine, idx[a:b])
     if RANK == 0:
-        print("CHECK sharded-loader 0", flush=True)
+        report("CHECK sharded-loader 0")
 
 
 def equivalence() -> None:
@@ -236,7 +243,7 @@ def equivalence() -> None:
     training_matches(cnn, (1, 6, 6), "cnn")
     fit_matches()
     sharded_loader()
-    print(f"DONE rank {RANK}", flush=True)
+    report(f"DONE rank {RANK}")
 
 
 # ------------------------------------------------------------------------------- faults
@@ -250,7 +257,7 @@ def faulty(mode: str, directory: str) -> None:
             if mode == "raise":
                 raise RuntimeError(f"injected failure on rank {RANK}")
             if mode == "kill":
-                print(f"KILLING pid {os.getpid()}", flush=True)
+                report(f"KILLING pid {os.getpid()}")
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "hang":
                 time.sleep(120)
@@ -271,7 +278,7 @@ def bad_input() -> None:
             fn()
         except kind as e:
             assert words in str(e), f"rank {RANK}: {e}"
-            print(f"ERROR rank {RANK}: {e}", flush=True)
+            report(f"ERROR rank {RANK}: {e}")
         else:
             raise AssertionError(f"rank {RANK}: expected {kind.__name__} ({words})")
 
