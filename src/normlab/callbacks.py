@@ -38,6 +38,7 @@ class FitRun:
     step: Step | None = (
         None  # the last training step (outputs, targets, loss), set before on_batch_end
     )
+    sync: Any = None  # under mpiexec: normlab.distributed.FitSync (the ranks' shared step)
 
 
 class Callback:

@@ -205,15 +205,31 @@ def _cmd_lab_run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- train, eval
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.procs is not None or args.hostfile:
+        from normlab.distributed import DistributedError
+        from normlab.distributed.launch import launch_train
+        from normlab.lab.runner import default_out_dir
+
+        # one run directory, chosen here, for every rank
+        out = Path(args.out) if args.out else default_out_dir(Path("runs") / "train")
+        try:
+            return launch_train(args, out)
+        except DistributedError as e:
+            raise CLIError(str(e)) from e
     import normlab as nl
     from normlab.callbacks import ModelCheckpoint
     from normlab.config import build_model, build_optimizer, load_config, load_data
+    from normlab.distributed import get_world
     from normlab.lab.base import write_json
     from normlab.lab.runner import default_out_dir
+    from normlab.nn import convert_sync_batchnorm
 
+    world = get_world()  # under mpiexec: rank 0 writes and prints, batch norms are synchronized
     cfg = load_config(args.config)
     data = load_data(cfg)
     model = build_model(cfg, data.n_inputs, data.n_classes)
+    if world.size > 1:
+        model = convert_sync_batchnorm(model)
     optimizer = build_optimizer(cfg, model)
     initial_epoch = 0
     if args.resume:
@@ -224,12 +240,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{args.resume}: already trained for {initial_epoch} epochs; the config asks for {cfg.epochs}"
             )
     out = Path(args.out) if args.out else default_out_dir(Path("runs") / "train")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg.as_dict())  # `normlab eval` reads it back
-    write_json(
-        out / "run.json",
-        {"config_file": cfg.source, "resumed_from": args.resume, "command": sys.argv},
-    )
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg.as_dict())  # `normlab eval` reads it back
+        write_json(
+            out / "run.json",
+            {"config_file": cfg.source, "resumed_from": args.resume, "command": sys.argv},
+        )
     history = nl.fit(
         model,
         data.train.x,
@@ -240,11 +257,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         validation_data=(data.val.x, data.val.y),
         callbacks=[
             ModelCheckpoint(out / "checkpoint-epoch{epoch}.safetensors", every=cfg.checkpoint_every)
-        ],
+        ]
+        if world.is_main
+        else [],
         verbose=0 if args.json else 1,
         seed=cfg.seed,
         initial_epoch=initial_epoch,
     )
+    if not world.is_main:
+        return EXIT_OK
     model_path = nl.save(model, out / "model.safetensors")
     write_json(out / "history.json", history.to_dict())
     test = nl.evaluate(model, data.test.x, data.test.y)
@@ -470,6 +491,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+PROCS_HELP = """\
+Several processes (--procs K):
+  normlab train CONFIG --procs K runs `mpiexec -n K python -m normlab train CONFIG --out DIR`
+  (needs: pip install 'normlab[distributed]', which brings mpi4py and the mpich wheel). Each
+  global batch of batch_size samples is split over the K ranks, batch norms become
+  SyncBatchNorm and gradients are averaged, so the run computes what one process computes;
+  rank 0 prints, writes the checkpoints and the model.
+
+Several hosts (--hostfile FILE): FILE lists one host per line, with how many processes it
+takes, e.g.
+    node1:4
+    node2:4
+  and `--procs 8 --hostfile FILE` starts 4 ranks on each (mpiexec -f FILE). Every host needs
+  the same Python environment and normlab at the same path, the config and the data at the
+  same path, and password-less ssh from this host; checkpoints go to DIR on node1 (rank 0).
+  You may also run mpiexec yourself: mpiexec -n K -f FILE python -m normlab train CONFIG --out DIR
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab",
@@ -521,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model described by a config file (TOML/JSON), with checkpoints",
         description="Train a model from a config (see normlab.config for the format), checkpointing every "
         "few epochs; --resume continues from a checkpoint exactly where it stopped.",
+        epilog=PROCS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="the config file (.toml or .json)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint")
@@ -529,6 +571,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--json", action="store_true", help="print the results as JSON (no progress bar)"
+    )
+    train.add_argument(
+        "--procs",
+        type=int,
+        metavar="K",
+        help="data-parallel training on K processes: runs mpiexec -n K for you (see below)",
+    )
+    train.add_argument(
+        "--hostfile",
+        metavar="FILE",
+        help="with --procs: spread the K processes over the hosts listed in FILE (see below)",
     )
     train.set_defaults(func=_cmd_train)
 

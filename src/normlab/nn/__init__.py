@@ -54,6 +54,8 @@ for _norm_layer in (
     register_module(_norm_layer)
 del _norm_layer
 
+from normlab.nn.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm  # noqa: E402
+
 __all__ = [
     "GELU",
     "AvgPool2d",
@@ -102,3 +104,4 @@ __all__ = [
     "registered_modules",
     "unfreeze_batch_norm",
 ]
+__all__ += ["SyncBatchNorm", "convert_sync_batchnorm"]

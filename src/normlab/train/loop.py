@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from normlab import kernels
+from normlab import distributed, kernels
 from normlab.backend import no_grad
 from normlab.callbacks import Callback, FitRun
 from normlab.doctor.callback import DoctorCallback
@@ -150,14 +150,23 @@ def fit(
     reseed = seed is not None
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)
+    sync = distributed.FitSync.begin(model, seed)  # None in one process
+    if sync is not None:
+        if accumulate > 1:
+            raise ValueError(
+                "fit: accumulate > 1 is not supported under MPI yet; use one step per batch"
+            )
+        seed = sync.seed  # rank 0's seed on every rank
     x, y, validation_data = _split_validation(x, y, validation_data, validation_split)
     batches = batch_source(x, y, batch_size, shuffle, seed, "fit")
+    if sync is not None:
+        batches = sync.shard(batches)  # this rank's part of every global batch
     metric_fns = resolve_metrics(metrics, criterion)
     history = History(seed=seed)
     history.accumulation = {"accumulate": accumulate, "mode": accumulation}
     ordered = sorted(callbacks, key=lambda c: c.priority)
-    run = FitRun(model, optimizer, criterion, history, batches, list(ordered))
-    display = Display(verbose, epochs, len(batches))
+    run = FitRun(model, optimizer, criterion, history, batches, list(ordered), sync=sync)
+    display = Display(verbose if sync is None or sync.world.is_main else 0, epochs, len(batches))
     # ---- THE MODEL THAT RUNS: every training forward/backward goes through ``runner``, ``model`` with each
     # BatchNorm + ReLU/Sigmoid pair fused into one op (nn.fuse: the same layer objects, so the same parameters
     # and buffers, and the same numbers); validation, callbacks and checkpoints keep working on ``model``.
@@ -238,7 +247,13 @@ def _train_epoch(
             if accumulate == 1:
                 xb, yb = group[0]
                 step = train_step(
-                    runner, optimizer, run.loss, xb, yb, nonfinite_loss=nonfinite_loss
+                    runner,
+                    optimizer,
+                    run.loss,
+                    xb,
+                    yb,
+                    nonfinite_loss=nonfinite_loss,
+                    sync=run.sync,
                 )
             else:
                 step = accumulation_step(
@@ -256,7 +271,11 @@ def _train_epoch(
         logs = {"epoch": epoch, "loss": step.loss}
         logs.update({k: float(fn(step.outputs, step.targets)) for k, fn in metric_fns.items()})
         logs["lr"] = optimizer.param_groups[0]["lr"]
-        averages.add({k: logs[k] for k in ("loss", *metric_fns)}, len(step.outputs))
+        count = len(step.outputs)
+        if run.sync is not None:  # loss and metrics of the global batch, the same on every rank
+            logs = run.sync.reduce_logs(logs, count, ["loss", *metric_fns])
+            count = int(logs.pop("_n"))
+        averages.add({k: logs[k] for k in ("loss", *metric_fns)}, count)
         history.iterations.append({"iteration": len(history.iterations), **logs})
         run.step = step
         for cb in run.callbacks:

@@ -41,12 +41,14 @@ def train_step(
     yb: np.ndarray,
     *,
     nonfinite_loss: str = "raise",
+    sync: Any = None,
 ) -> Step:
     """Forward ``xb``, the loss against ``yb``, backward, one optimizer update.
 
     A loss that is NaN or infinite raises ``FloatingPointError`` *before* the update with
     ``nonfinite_loss="raise"``; with ``"continue"`` the update is made and the caller decides (a diverged
-    run is what some experiments measure).
+    run is what some experiments measure).  ``sync`` (``fit`` under ``mpiexec``) makes the step that of the
+    global batch split over the ranks.
     """
     optimizer.zero_grad()
     out = model(xb)
@@ -54,6 +56,13 @@ def train_step(
     loss = per_sample_loss(criterion, value, len(out))
     if nonfinite_loss == "raise" and not math.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}")
-    model.backward(criterion.backward())
+    grad = criterion.backward()
+    if (
+        sync is not None
+    ):  # MPI (normlab.distributed.FitSync): the gradient of the global batch's loss
+        grad = sync.scale_output_grad(grad, criterion)
+    model.backward(grad)
+    if sync is not None:  # averaged over the ranks, in rank order
+        sync.average_gradients()
     optimizer.step()
     return Step(out, yb, loss, value)
