@@ -231,7 +231,7 @@ def test_batch_norm_activation(shape, dtype, activation, training):
     w, b = make((c,), dtype, 2), make((c,), dtype, 3)
     rm, rv = make((c,), dtype, 4), np.abs(make((c,), dtype, 5)) + 0.5
     args = (x, w, b, rm, rv)
-    kw = {"training": training, "eps": 1e-5}
+    kw = {"use_input_stats": training, "eps": 1e-5}
     fused_forward = getattr(KF, f"batch_norm_{activation}_forward")
     fused, cache = fused_forward(*args, **kw)
     fused_grads = getattr(KF, f"batch_norm_{activation}_backward")(dy, cache)
