@@ -43,6 +43,7 @@ PROVIDERS = [
     "benchmarks.epoch_cases",  # end to end: one training epoch of the MLP and of LeNet-BN
     "benchmarks.image_cases",  # ImageFolder decode + resize throughput, 0 and 2 workers
     "benchmarks.fold_cases",  # inference with batch norm folded vs not
+    "benchmarks.variant_cases",  # Batch Renorm (vs Keras 3 on torch) and Ghost BN
 ]
 
 
