@@ -680,12 +680,13 @@ def _check_model_state(model: Module, state: Mapping[str, np.ndarray], fail: Any
         elif (want.dtype.kind == "f") != (got.dtype.kind == "f"):
             problems.append(f"'{key}' has dtype {got.dtype}, the model's {want.dtype}")
     if not problems:
-        for prefix, m in model.named_modules():
+        for prefix, m in model.named_modules():  # values as load_state_dict would cast them
             p = f"{prefix}." if prefix else ""
-            own = {
-                key[len(p) :]: np.asarray(given[key]).astype(expected[key].dtype)
-                for key, _ in m._state_items(p)
-            }
+            with np.errstate(over="ignore"):  # an overflow to inf is reported below
+                own = {
+                    key[len(p) :]: np.asarray(given[key]).astype(expected[key].dtype)
+                    for key, _ in m._state_items(p)
+                }
             for name, problem in m._state_value_problems(own):
                 problems.append(f"'{p}{name}': {problem}")
     if problems:
