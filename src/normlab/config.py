@@ -284,10 +284,20 @@ def _check_optimizer(options: dict[str, Any], fail) -> None:
             f"optimizer.name: unknown optimizer {name!r}{hint}; expected one of {sorted(OPTIMIZERS)}"
         )
     kwargs = {k: v for k, v in options.items() if k != "name"}
-    try:
-        OPTIMIZERS[name]([nn.Parameter(np.zeros(1))], **kwargs)
-    except (TypeError, ValueError) as e:
-        raise fail(f"[optimizer] {name}: {e}") from None
+
+    def refusal(**given: Any) -> str | None:
+        try:
+            OPTIMIZERS[name]([nn.Parameter(np.zeros(1))], **given)
+        except (TypeError, ValueError) as e:
+            return str(e)
+        return None
+
+    problem = refusal(**kwargs)
+    if problem is not None:
+        # name the argument: the first one refused on its own (the optimizer's message may not say which)
+        culprit = next((k for k in kwargs if refusal(**{k: kwargs[k]}) is not None), None)
+        where = f"optimizer.{culprit}" if culprit else f"optimizer ({', '.join(kwargs)})"
+        raise fail(f"[optimizer] {name}: {where}: {problem}")
 
 
 # --------------------------------------------------------------------------------------- building

@@ -92,7 +92,7 @@ def test_readme_optimizer_names_are_accepted() -> None:
 
 
 def test_a_wrong_optimizer_value_names_the_key_at_parse_time() -> None:
-    with pytest.raises(ConfigError, match=r"\[optimizer\] SGD: invalid lr: 'fast'"):
+    with pytest.raises(ConfigError, match=r"\[optimizer\] SGD: optimizer.lr: invalid lr: 'fast'"):
         parse_config({"model": {"hidden": [8]}, "optimizer": {"name": "SGD", "lr": "fast"}})
 
 
