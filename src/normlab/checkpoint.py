@@ -61,9 +61,8 @@ FORMAT = "normlab.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "normlab"
 PathLike = str | os.PathLike[str]
-MAX_HEADER_BYTES = (
-    64 * 2**20
-)  # the safetensors header (tensor table + JSON metadata); legit ones are KBs
+# the safetensors header (tensor table + JSON metadata) is at most this long; real ones are kilobytes
+MAX_HEADER_BYTES = 64 * 2**20
 MAX_NESTING = 64  # deepest JSON nesting of the header and of the normlab metadata, save and load
 # A rebuilt architecture may ask for at most max(_REBUILD_FLOOR, _REBUILD_FACTOR * values in the file)
 # elements (see _requested_elements): generous for real models, far below what would exhaust memory.
