@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -692,11 +693,17 @@ def _check_model_state(model: Module, state: Mapping[str, np.ndarray], fail: Any
         raise fail(f"the saved model does not match this model's state: {'; '.join(problems)}")
 
 
+_SATURATED = (
+    2**80
+)  # more than any budget: sums and products stop growing there (cheap on huge configs)
+
+
 def _requested_elements(spec: Any, depth: int = 0) -> int:
     """An upper bound on the array elements rebuilding ``spec`` allocates, computed from the config alone:
-    per layer, the product of the integers in its config (lists flattened, booleans skipped); nested specs
-    (a container's children) are layers of their own.  For normlab's layers the product bounds the state
-    (Linear: in*out, Conv2d: in*out*k*k, a norm: its channels), up to a small factor (buffers, biases)."""
+    per layer, the product of the numbers in its config (lists flattened, booleans skipped, numbers below 1
+    counted as 1); nested specs (a container's children) are layers of their own.  For normlab's layers the
+    product bounds the state (Linear: in*out, Conv2d: in*out*k*k, a norm: its channels) up to a small factor
+    (buffers, biases).  Saturates at :data:`_SATURATED`."""
     if depth > MAX_NESTING:
         raise ValueError("the architecture is nested too deeply")
     total, product = 0, 1
@@ -704,20 +711,21 @@ def _requested_elements(spec: Any, depth: int = 0) -> int:
     def visit(value: Any) -> None:
         nonlocal total, product
         if isinstance(value, dict) and set(value) == {"class", "config"}:
-            total += _requested_elements(value, depth + 1)
+            total = min(total + _requested_elements(value, depth + 1), _SATURATED)
         elif isinstance(value, dict):
             for v in value.values():
                 visit(v)
         elif isinstance(value, list):
             for v in value:
                 visit(v)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            product *= max(1, abs(value))
-        elif isinstance(value, float) and value == value and abs(value) > 1:
-            product *= min(abs(value), 2.0**1000)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            size = abs(value)
+            if size > 1:  # NaN compares False: skipped
+                factor = math.ceil(min(size, _SATURATED))
+                product = min(product * factor, _SATURATED)
 
     visit(spec.get("config") if isinstance(spec, dict) else None)
-    return total + int(product)
+    return min(total + product, _SATURATED)
 
 
 def _check_rebuild_size(path: PathLike, spec: Any, tensors: Mapping[str, np.ndarray]) -> None:

@@ -232,3 +232,18 @@ def test_writing_parts_without_resealing_is_caught_by_the_checksum(saved, tmp_pa
     path.write_bytes(write_parts(dict(tensors), meta, reseal=False))
     with pytest.raises(nl.CheckpointError, match="SHA-256"):
         nl.load(path)
+
+
+@pytest.mark.parametrize("value", [1.0715086071862673e301, float("inf"), float("nan"), -(10**40)])
+def test_huge_or_odd_numbers_in_a_config_are_checkpoint_errors(tmp_path, value) -> None:
+    """Found by the fuzzer: a float near the top of the range overflowed the size estimate itself."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    data = nl.save(model, tmp_path / "small.safetensors").read_bytes()
+
+    def edit(tensors, meta):
+        meta["model"]["config"]["config"]["extra"] = 16777216
+        meta["model"]["config"]["config"]["0"] = value
+
+    bad = rewrite(data, edit, tmp_path / "odd.safetensors")
+    with pytest.raises(nl.CheckpointError):
+        nl.load(bad)
