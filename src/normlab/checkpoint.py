@@ -21,6 +21,15 @@ interrupted at any point leaves the previous file intact.
 checksum, then every key, shape and dtype against the model, optimizer, scheduler and generators.  Only then
 is anything changed; if a late step still fails (a data loader refusing its state), everything already
 restored is rolled back.  Every failure raises :class:`CheckpointError` saying what is wrong.
+
+**Hostile files.**  A file is untrusted input: the header is bounded in size (:data:`MAX_HEADER_BYTES`) and in
+JSON nesting (:data:`MAX_NESTING`, checked before parsing, so crafted nesting cannot exhaust the stack), and
+an architecture is rebuilt only if the sizes it asks for are in proportion to the values the file holds
+(:func:`_check_rebuild_size`), so a checksum-consistent config cannot request terabytes.
+
+**Crashed saves.**  Temporary files are named ``.<target>.<host>.<pid>.<random>.tmp``; a save first removes
+the temporary files of the same target left by writers on this host that no longer run (a live writer's file
+is never touched) and warns about leftovers it cannot attribute (other hosts, older normlab versions).
 """
 
 from __future__ import annotations
@@ -28,9 +37,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
+import socket
 import struct
+import sys
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +62,13 @@ FORMAT = "normlab.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "normlab"
 PathLike = str | os.PathLike[str]
+# the safetensors header (tensor table + JSON metadata) is at most this long; real ones are kilobytes
+MAX_HEADER_BYTES = 64 * 2**20
+MAX_NESTING = 64  # deepest JSON nesting of the header and of the normlab metadata, save and load
+# A rebuilt architecture may ask for at most max(_REBUILD_FLOOR, _REBUILD_FACTOR * values in the file)
+# elements (see _requested_elements): generous for real models, far below what would exhaust memory.
+_REBUILD_FLOOR = 2**24
+_REBUILD_FACTOR = 16
 
 
 class CheckpointError(ValueError):
@@ -87,9 +108,10 @@ def load(path: PathLike, model: Module | None = None) -> Module:
                 f"{path}: the file holds no architecture (the model was not built from registered layers); "
                 "build the model and call load(path, model)"
             )
+        _check_rebuild_size(path, spec, tensors)
         try:
             model = build_module(spec)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # whatever a constructor raises on a crafted config is a bad file
             raise CheckpointError(
                 f"{path}: cannot rebuild the model from its architecture: {exc}"
             ) from exc
@@ -142,12 +164,9 @@ def load_checkpoint(
     it was.  Returns the epoch, the extras and the saved metadata.
     """
     tensors, meta = _read(path)
-    _restore(path, tensors, meta, model, optimizer, scheduler, loader)
+    plan = _restore(path, tensors, meta, model, optimizer, scheduler, loader)
     return Checkpoint(
-        epoch=int(meta.get("epoch") or 0),
-        extra=_decode(meta.get("extra"), tensors),
-        loader_state=_decode(meta.get("loader"), tensors),
-        metadata=meta,
+        epoch=plan.epoch, extra=plan.extra, loader_state=plan.loader_state, metadata=meta
     )
 
 
@@ -162,8 +181,12 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def _encode(value: Any, name: str, tensors: dict[str, np.ndarray]) -> Any:
+def _encode(value: Any, name: str, tensors: dict[str, np.ndarray], depth: int = 0) -> Any:
     """``value`` as JSON, with arrays moved into ``tensors`` (referenced as ``{"__tensor__": name}``)."""
+    if depth > MAX_NESTING:
+        raise ValueError(
+            f"cannot store values nested more than {MAX_NESTING} levels deep in a checkpoint (at '{name}')"
+        )
     if isinstance(value, np.ndarray):
         key = name
         while key in tensors:  # keys are readable paths; make them unique if two paths coincide
@@ -175,35 +198,65 @@ def _encode(value: Any, name: str, tensors: dict[str, np.ndarray]) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(value)]}
+        return {
+            "__tuple__": [
+                _encode(v, f"{name}/{i}", tensors, depth + 1) for i, v in enumerate(value)
+            ]
+        }
     if isinstance(value, list):
-        return [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(value)]
+        return [_encode(v, f"{name}/{i}", tensors, depth + 1) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: _encode(v, f"{name}/{k}", tensors) for k, v in value.items()}
+            return {k: _encode(v, f"{name}/{k}", tensors, depth + 1) for k, v in value.items()}
         # keys that JSON would turn into strings (optimizer state is keyed by parameter index)
-        return {"__items__": [[k, _encode(v, f"{name}/{k}", tensors)] for k, v in value.items()]}
+        return {
+            "__items__": [
+                [k, _encode(v, f"{name}/{k}", tensors, depth + 1)] for k, v in value.items()
+            ]
+        }
     raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (at '{name}')")
 
 
-def _decode(value: Any, tensors: Mapping[str, np.ndarray]) -> Any:
-    """Inverse of :func:`_encode`; referenced tensors are copied."""
+def _decode(value: Any, tensors: Mapping[str, np.ndarray], where: str = "") -> Any:
+    """Inverse of :func:`_encode`; referenced tensors are copied.  ``ValueError`` (naming the place) for
+    anything :func:`_encode` cannot have written."""
     if isinstance(value, list):
-        return [_decode(v, tensors) for v in value]
+        return [_decode(v, tensors, f"{where}/{i}") for i, v in enumerate(value)]
     if not isinstance(value, dict):
         return value
-    if set(value) == {"__tensor__"}:
-        key = value["__tensor__"]
-        if key not in tensors:
-            raise CheckpointError(
-                f"the metadata refers to tensor '{key}', which the file does not hold"
-            )
-        return np.array(tensors[key], copy=True)
-    if set(value) == {"__tuple__"}:
-        return tuple(_decode(v, tensors) for v in value["__tuple__"])
-    if set(value) == {"__items__"}:
-        return {k: _decode(v, tensors) for k, v in value["__items__"]}
-    return {k: _decode(v, tensors) for k, v in value.items()}
+    if "__tensor__" in value or "__tuple__" in value or "__items__" in value:
+        (marker,) = value if len(value) == 1 else (None,)
+        content = value.get(marker)
+        if marker == "__tensor__" and isinstance(content, str):
+            if content not in tensors:
+                raise ValueError(
+                    f"'{where}' refers to tensor '{content}', which the file does not hold"
+                )
+            return np.array(tensors[content], copy=True)
+        if marker == "__tuple__" and isinstance(content, list):
+            return tuple(_decode(v, tensors, f"{where}/{i}") for i, v in enumerate(content))
+        if marker == "__items__" and isinstance(content, list):
+            items = {}
+            for item in content:
+                if not (isinstance(item, list) and len(item) == 2):
+                    raise ValueError(f"'{where}': an __items__ entry must be a [key, value] pair")
+                key, v = item
+                if isinstance(key, (list, dict)):
+                    raise ValueError(f"'{where}': a mapping key must be a scalar, got {key!r:.80}")
+                items[key] = _decode(v, tensors, f"{where}/{key}")
+            return items
+        raise ValueError(f"'{where}': malformed encoded value {value!r:.120}")
+    return {k: _decode(v, tensors, f"{where}/{k}") for k, v in value.items()}
+
+
+def _json_depth(text: bytes) -> int:
+    """The deepest nesting of arrays/objects in a JSON text, without parsing it (so crafted nesting cannot
+    exhaust the parser's stack): brackets inside strings are dropped, then the running bracket count."""
+    outside_strings = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", text)
+    codes = np.frombuffer(outside_strings, dtype=np.uint8)
+    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int64)
+    steps -= np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def _content_digest(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
@@ -273,7 +326,15 @@ def _write(
             "state": _encode(scheduler.state_dict(), "scheduler", tensors),
         }
     meta["sha256"] = _content_digest(tensors, meta)
-    header = {"format": FORMAT, METADATA_KEY: json.dumps(meta)}
+    text = json.dumps(meta)
+    if len(text) > MAX_HEADER_BYTES // 2 or _json_depth(text.encode()) > MAX_NESTING:
+        # what load would refuse is refused here, before anything is written
+        raise ValueError(
+            f"the checkpoint metadata is too large ({len(text)} characters, at most "
+            f"{MAX_HEADER_BYTES // 2}) or nested more than {MAX_NESTING} levels deep: "
+            "store large values as NumPy arrays in extra"
+        )
+    header = {"format": FORMAT, METADATA_KEY: text}
     _atomic_write(path, safetensors.numpy.save(tensors, metadata=header))
     return path
 
@@ -289,7 +350,10 @@ def _write_bytes(file: Any, data: bytes) -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see either the old file or the new one, never a mix."""
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(directory, path.name)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as file:
             _write_bytes(file, data)
@@ -302,6 +366,55 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+# this host's name as it appears in temporary file names (no dots, so names split unambiguously)
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (True when unsure, which keeps its files)."""
+    if sys.platform == "win32":  # os.kill would terminate it; never guess there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else (EPERM), or cannot tell
+        return True
+    return True
+
+
+def _remove_stale_temporaries(directory: Path, name: str) -> None:
+    """Delete the temporary files of ``name`` that saves killed midway left (this host, writer gone); warn
+    about ones whose writer cannot be known.  A live writer's file is never touched: its pid is alive."""
+    prefix = f".{name}."
+    unknown = []
+    try:
+        candidates = [
+            e.name
+            for e in os.scandir(directory)
+            if e.name.startswith(prefix) and e.name.endswith(".tmp")
+        ]
+    except OSError:
+        return
+    for entry in candidates:
+        parts = entry[len(prefix) : -len(".tmp")].split(".")
+        if len(parts) == 3 and parts[1].isdigit():
+            host, pid = parts[0], int(parts[1])
+            if host == _HOST and pid != os.getpid() and not _process_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / entry)
+                continue
+            if host == _HOST:
+                continue  # a save in progress (or our own)
+        unknown.append(entry)
+    if unknown:
+        warnings.warn(
+            f"{directory}: temporary file(s) {', '.join(sorted(unknown)[:5])} may be left by an "
+            "interrupted save of another host or an older normlab; delete them if no save is running",
+            stacklevel=4,
+        )
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -352,9 +465,14 @@ def _read(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             f"truncated or not a safetensors file: the header claims {header_size} bytes, "
             f"the file has {len(data) - 8} after the size field"
         )
+    if header_size > MAX_HEADER_BYTES:
+        raise fail(f"the header is {header_size} bytes; normlab reads at most {MAX_HEADER_BYTES}")
+    raw_header = data[8 : 8 + header_size]
+    if _json_depth(raw_header) > MAX_NESTING:
+        raise fail(f"corrupt header: JSON nested more than {MAX_NESTING} levels deep")
     try:
-        header = json.loads(data[8 : 8 + header_size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(raw_header)
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer literal too long to convert
         raise fail(f"corrupt or not a safetensors file: the header is not JSON ({exc})") from exc
     try:
         tensors = safetensors.numpy.load(data)
@@ -366,9 +484,14 @@ def _read(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise fail(
             "a safetensors file without normlab metadata (not saved by normlab.save/save_checkpoint)"
         )
+    text = metadata[METADATA_KEY]
+    if not isinstance(text, str):
+        raise fail("corrupt normlab metadata (not a string)")
+    if _json_depth(text.encode("utf-8", "replace")) > MAX_NESTING:
+        raise fail(f"corrupt normlab metadata: JSON nested more than {MAX_NESTING} levels deep")
     try:
-        meta = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
+        meta = json.loads(text)
+    except ValueError as exc:
         raise fail(f"corrupt normlab metadata ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise fail("the metadata does not describe a normlab checkpoint")
@@ -389,17 +512,20 @@ def _read(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 # --------------------------------------------------------------------------------------- restoring
 @dataclass
 class _Plan:
-    """Everything a load will install, validated against the live objects before any of them changes."""
+    """Everything a load will install or return, decoded and validated against the live objects before any
+    of them changes."""
 
     model: Module
     model_state: dict[str, np.ndarray]
+    epoch: int = 0
+    extra: Any = None
+    loader_state: Any = None
     optimizer: Optimizer | None = None
     optimizer_state: Any = None  # (groups, state) from Optimizer._prepare_load
     scheduler: LRScheduler | None = None
     scheduler_state: Any = None
     generators: list[tuple[Module, dict[str, Any]]] | None = None
     loader: Any = None
-    loader_state: Any = None
 
 
 def _restore(
@@ -410,8 +536,8 @@ def _restore(
     optimizer: Optimizer | None = None,
     scheduler: LRScheduler | None = None,
     loader: Any = None,
-) -> None:
-    """Check everything against the objects, then apply; roll back if applying still fails."""
+) -> _Plan:
+    """Decode and check everything against the objects, then apply; roll back if applying still fails."""
 
     def fail(problem: str) -> CheckpointError:
         return CheckpointError(f"{path}: {problem} (nothing was changed)")
@@ -420,14 +546,21 @@ def _restore(
         plan = _plan(tensors, meta, model, optimizer, scheduler, loader, fail)
     except CheckpointError:
         raise
-    except (
-        KeyError,
-        TypeError,
-        AttributeError,
-        ValueError,
-    ) as exc:  # metadata of an unexpected shape
+    except Exception as exc:  # metadata of an unexpected shape, refused by a validator
         raise fail(f"malformed checkpoint metadata ({type(exc).__name__}: {exc})") from exc
     _apply(plan, fail)
+    return plan
+
+
+def _saved_epoch(meta: Mapping[str, Any], fail: Any) -> int:
+    """The epoch a training checkpoint records (0 for a model saved by :func:`save`), checked as
+    :func:`save_checkpoint` checks it."""
+    epoch = meta.get("epoch")
+    if epoch is None and meta.get("kind") == "model":
+        return 0
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise fail(f"the epoch must be an int >= 0, got {epoch!r:.80}")
+    return epoch
 
 
 def _plan(
@@ -439,9 +572,20 @@ def _plan(
     loader: Any,
     fail: Any,
 ) -> _Plan:
+    if meta.get("kind") not in ("model", "training"):
+        raise fail(f"unknown checkpoint kind {meta.get('kind')!r:.80}")
     model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     _check_model_state(model, model_state, fail)
-    plan = _Plan(model, model_state)
+    plan = _Plan(model, model_state, epoch=_saved_epoch(meta, fail))
+    for part in ("extra", "loader"):
+        try:
+            decoded = _decode(meta.get(part), tensors, part)
+        except ValueError as exc:
+            raise fail(f"malformed '{part}': {exc}") from exc
+        if part == "extra":
+            plan.extra = decoded
+        else:
+            plan.loader_state = decoded
 
     if optimizer is not None:
         saved = meta.get("optimizer")
@@ -450,11 +594,14 @@ def _plan(
                 "the file holds no optimizer state (saved with normlab.save, or without an optimizer)"
             )
         if saved["class"] != type(optimizer).__name__:
+            saved_class = saved["class"] if isinstance(saved["class"], str) else "unnamed"
             raise fail(
-                f"the file holds {saved['class']} state, not {type(optimizer).__name__} state"
+                f"the file holds {saved_class:.80} state, not {type(optimizer).__name__} state"
             )
         try:
-            plan.optimizer_state = optimizer._prepare_load(_decode(saved["state"], tensors))
+            plan.optimizer_state = optimizer._prepare_load(
+                _decode(saved["state"], tensors, "optimizer")
+            )
         except ValueError as exc:
             reason = str(exc).removesuffix(" (nothing was changed)")
             raise fail(f"the optimizer state does not fit: {reason}") from exc
@@ -465,10 +612,11 @@ def _plan(
         if not saved:
             raise fail("the file holds no LR scheduler state")
         if saved["class"] != type(scheduler).__name__:
+            saved_class = saved["class"] if isinstance(saved["class"], str) else "unnamed"
             raise fail(
-                f"the file holds {saved['class']} state, not {type(scheduler).__name__} state"
+                f"the file holds {saved_class:.80} state, not {type(scheduler).__name__} state"
             )
-        plan.scheduler_state = _decode(saved["state"], tensors)
+        plan.scheduler_state = _decode(saved["state"], tensors, "scheduler")
         try:
             scheduler._check_state(plan.scheduler_state)
         except ValueError as exc:
@@ -477,7 +625,6 @@ def _plan(
 
     plan.generators = _check_generator_states(model, meta["rng"]["dropout"], fail)
     if loader is not None:
-        plan.loader_state = _decode(meta.get("loader"), tensors)
         if plan.loader_state is None:
             raise fail("the file holds no data loader state")
         plan.loader = loader
@@ -485,13 +632,13 @@ def _plan(
 
 
 def _apply(plan: _Plan, fail: Any) -> None:
-    """Install a validated plan.  Only a foreign object (the loader) can still refuse; then undo it all."""
+    """Install a validated plan, the model last.  Only a foreign object (the loader) can still refuse; then
+    undo it all."""
     undo_model = plan.model.state_dict()
     undo_optimizer = None if plan.optimizer is None else plan.optimizer.state_dict()
     undo_scheduler = None if plan.scheduler is None else plan.scheduler.state_dict()
     undo_generators = [(m, m.generator.bit_generator.state) for m, _ in plan.generators or []]
     try:
-        plan.model.load_state_dict(plan.model_state)
         if plan.optimizer is not None:
             plan.optimizer._apply_load(*plan.optimizer_state)
         if plan.scheduler is not None:
@@ -500,6 +647,7 @@ def _apply(plan: _Plan, fail: Any) -> None:
             m.generator.bit_generator.state = state
         if plan.loader is not None:
             plan.loader.load_state_dict(plan.loader_state)
+        plan.model.load_state_dict(plan.model_state)
     except Exception as exc:
         plan.model.load_state_dict(undo_model)
         if plan.optimizer is not None:
@@ -512,7 +660,8 @@ def _apply(plan: _Plan, fail: Any) -> None:
 
 
 def _check_model_state(model: Module, state: Mapping[str, np.ndarray], fail: Any) -> None:
-    """Every key of the model present with the right shape and kind of dtype, and no others."""
+    """Every key of the model present with the right shape and kind of dtype, no others, and values each
+    layer accepts (e.g. no negative running variance), as ``load_state_dict`` would check them."""
     expected = model.state_dict()
     given = dict(state)
     for prefix, m in model.named_modules():
@@ -530,8 +679,70 @@ def _check_model_state(model: Module, state: Mapping[str, np.ndarray], fail: Any
             problems.append(f"'{key}' has shape {got.shape}, the model's {want.shape}")
         elif (want.dtype.kind == "f") != (got.dtype.kind == "f"):
             problems.append(f"'{key}' has dtype {got.dtype}, the model's {want.dtype}")
+    if not problems:
+        for prefix, m in model.named_modules():  # values as load_state_dict would cast them
+            p = f"{prefix}." if prefix else ""
+            with np.errstate(over="ignore"):  # an overflow to inf is reported below
+                own = {
+                    key[len(p) :]: np.asarray(given[key]).astype(expected[key].dtype)
+                    for key, _ in m._state_items(p)
+                }
+            for name, problem in m._state_value_problems(own):
+                problems.append(f"'{p}{name}': {problem}")
     if problems:
         raise fail(f"the saved model does not match this model's state: {'; '.join(problems)}")
+
+
+_SATURATED = (
+    2**80
+)  # more than any budget: sums and products stop growing there (cheap on huge configs)
+
+
+def _requested_elements(spec: Any, depth: int = 0) -> int:
+    """An upper bound on the array elements rebuilding ``spec`` allocates, computed from the config alone:
+    per layer, the product of the numbers in its config (lists flattened, booleans skipped, numbers below 1
+    counted as 1); nested specs (a container's children) are layers of their own.  For normlab's layers the
+    product bounds the state (Linear: in*out, Conv2d: in*out*k*k, a norm: its channels) up to a small factor
+    (buffers, biases).  Saturates at :data:`_SATURATED`."""
+    if depth > MAX_NESTING:
+        raise ValueError("the architecture is nested too deeply")
+    total, product = 0, 1
+
+    def visit(value: Any) -> None:
+        nonlocal total, product
+        if isinstance(value, dict) and set(value) == {"class", "config"}:
+            total = min(total + _requested_elements(value, depth + 1), _SATURATED)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            size = abs(value)
+            if size > 1:  # NaN compares False: skipped
+                factor = math.ceil(min(size, _SATURATED))
+                product = min(product * factor, _SATURATED)
+
+    visit(spec.get("config") if isinstance(spec, dict) else None)
+    return min(total + product, _SATURATED)
+
+
+def _check_rebuild_size(path: PathLike, spec: Any, tensors: Mapping[str, np.ndarray]) -> None:
+    """Refuse an architecture that asks for far more memory than the file's values could fill, before
+    building it (a crafted config could otherwise ask for ``Linear(10**13, 1)``)."""
+    stored = sum(int(t.size) for k, t in tensors.items() if k.startswith("model/"))
+    budget = max(_REBUILD_FLOOR, _REBUILD_FACTOR * stored)
+    try:
+        requested = _requested_elements(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
+    if requested > budget:
+        raise CheckpointError(
+            f"{path}: the architecture asks for about {requested:.3g} array elements, the file holds "
+            f"{stored} values (at most {budget} are allowed when rebuilding); refusing to build it. "
+            "If the file is yours, build the model and call load(path, model)"
+        )
 
 
 def _check_generator_states(

@@ -16,8 +16,8 @@ A config has four tables; everything but ``[model]`` has defaults::
     # kernel_size = 3
 
     [optimizer]
-    name = "Adam"                # SGD | Adam | AdamW | RMSprop | Adagrad
-    lr = 0.001                   # any other key is passed on (momentum, weight_decay, ...)
+    name = "Adam"                # SGD | Adam | AdamW | RMSProp (RMSprop) | AdaGrad (Adagrad)
+    lr = 0.001                   # any other key is a constructor argument (momentum, weight_decay, ...)
 
     [training]
     epochs = 5
@@ -30,11 +30,14 @@ A config has four tables; everything but ``[model]`` has defaults::
     split = "sample"             # sample (bundled) | full (downloaded)
 
 The MLP form reads flat inputs (784 pixels for MNIST); explicit layers read images (N, 1, 28, 28) and must
-flatten themselves.  Every problem is a :class:`ConfigError` naming the key.
+flatten themselves.  Every problem is a :class:`ConfigError` naming the key; an unknown key (a typo) is an
+error with the closest valid name, never silently ignored.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import itertools
 import json
 import sys
@@ -61,8 +64,14 @@ OPTIMIZERS = {
     "AdamW": optim.AdamW,
     "RMSprop": optim.RMSprop,
     "Adagrad": optim.Adagrad,
+    "RMSProp": optim.RMSProp,  # the README's spellings (the class names) are accepted too
+    "AdaGrad": optim.AdaGrad,
 }
 TABLES = {"model", "optimizer", "training", "data"}
+# the keys each table accepts (the optimizer's and the layers' are their constructor arguments)
+MLP_KEYS = ("hidden", "normalizer", "activation", "dropout")
+TRAINING_KEYS = ("epochs", "batch_size", "seed", "checkpoint_every")
+DATA_KEYS = ("dataset", "split")
 
 
 class ConfigError(ValueError):
@@ -135,6 +144,7 @@ def parse_config(raw: Any, source: str = "<config>") -> TrainConfig:
     for table in TABLES & set(raw):
         if not isinstance(raw[table], dict):
             raise fail(f"[{table}] must be a table, got {type(raw[table]).__name__}")
+    _check_keys(raw, fail)
     cfg = TrainConfig(
         model=dict(raw["model"]),
         optimizer=dict(raw.get("optimizer", {"name": "Adam", "lr": 1e-3})),
@@ -143,11 +153,7 @@ def parse_config(raw: Any, source: str = "<config>") -> TrainConfig:
         source=source,
     )
     _check_model(cfg.model, fail)
-    name = cfg.optimizer.get("name", "Adam")
-    if name not in OPTIMIZERS:
-        raise fail(
-            f"optimizer.name: unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}"
-        )
+    _check_optimizer(cfg.optimizer, fail)
     for key in ("epochs", "batch_size", "checkpoint_every"):
         value = cfg.training.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -202,13 +208,115 @@ def _check_model(model: dict[str, Any], fail) -> None:
         raise fail(
             f"model.normalizer: expected one of {NORMALIZERS}, got {model.get('normalizer')!r}"
         )
-    if model.get("activation", "relu") not in ACTIVATIONS:
+    if (
+        not isinstance(model.get("activation", "relu"), str)
+        or model.get("activation", "relu") not in ACTIVATIONS
+    ):
         raise fail(
             f"model.activation: expected one of {sorted(ACTIVATIONS)}, got {model.get('activation')!r}"
         )
     dropout = model.get("dropout", 0.0)
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise fail(f"model.dropout: expected a number in [0, 1), got {dropout!r}")
+
+
+# --------------------------------------------------------------------------------------- keys
+def _unknown_keys(table: str, given: Any, valid: Any, fail) -> None:
+    """Refuse keys of ``given`` not in ``valid``, each with the closest valid name."""
+    valid = sorted(valid)
+    unknown = [k for k in given if k not in valid]
+    if not unknown:
+        return
+    described = [f"{table}.{key}{_did_you_mean(str(key), valid)}" for key in unknown]
+    raise fail(
+        f"unknown key(s) {', '.join(described)}; {table} accepts {', '.join(valid) or 'no keys'}"
+    )
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean `X`?)`` for the choice closest to ``word`` (ignoring case; ties go to the first in
+    sorted order, so ``BatchNorm`` suggests ``BatchNorm1d``), or ``""`` when none is close."""
+
+    def similarity(choice: str) -> float:
+        return difflib.SequenceMatcher(None, word.lower(), choice.lower()).ratio()
+
+    scored = [(similarity(c), c) for c in sorted(choices)]
+    best = max((score for score, _ in scored), default=0.0)
+    if best < 0.5:
+        return ""
+    return f" (did you mean `{next(c for score, c in scored if score == best)}`?)"
+
+
+def _constructor_keys(cls: type, skip: tuple[str, ...] = ()) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` accepts (``None``: any, it takes ``**kwargs``)."""
+    keys = set()
+    for p in inspect.signature(cls).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip:
+            keys.add(p.name)
+    return keys
+
+
+def _check_keys(raw: dict[str, Any], fail) -> None:
+    """Every key of every table is one the table accepts (values are checked afterwards)."""
+    model = raw["model"]
+    if "layers" in model:
+        _unknown_keys("model", model, ("layers",), fail)
+        layers = model["layers"]
+        for i, layer in enumerate(layers if isinstance(layers, list) else []):
+            if not isinstance(layer, dict) or not isinstance(layer.get("class"), str):
+                continue  # reported by _check_model
+            classes = {
+                k: v for k, v in nn.registered_modules().items() if not issubclass(v, nn.Sequential)
+            }
+            cls = classes.get(layer["class"])
+            if cls is None:
+                raise fail(
+                    f"model.layers[{i}]: unknown layer class {layer['class']!r}"
+                    f"{_did_you_mean(layer['class'], classes)}; "
+                    f"expected one of {', '.join(sorted(classes))}"
+                )
+            keys = _constructor_keys(cls, skip=("rng",))
+            if keys is not None:
+                _unknown_keys(f"model.layers[{i}]", layer, keys | {"class"}, fail)
+    else:
+        _unknown_keys("model", model, MLP_KEYS, fail)
+    optimizer = raw.get("optimizer", {})
+    name = optimizer.get("name", "Adam")
+    if isinstance(name, str) and name in OPTIMIZERS:
+        keys = _constructor_keys(OPTIMIZERS[name], skip=("params",))
+        if keys is not None:
+            _unknown_keys("optimizer", optimizer, keys | {"name"}, fail)
+    _unknown_keys("training", raw.get("training", {}), TRAINING_KEYS, fail)
+    data = raw.get("data", {})
+    if not (isinstance(data, dict) and "folder" in data):  # an image folder's keys: folder_config's
+        _unknown_keys("data", data, DATA_KEYS, fail)
+
+
+def _check_optimizer(options: dict[str, Any], fail) -> None:
+    """The optimizer's name, and its arguments as its constructor checks them (on a scratch parameter)."""
+    name = options.get("name", "Adam")
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        hint = _did_you_mean(name, OPTIMIZERS) if isinstance(name, str) else ""
+        raise fail(
+            f"optimizer.name: unknown optimizer {name!r}{hint}; expected one of {sorted(OPTIMIZERS)}"
+        )
+    kwargs = {k: v for k, v in options.items() if k != "name"}
+
+    def refusal(**given: Any) -> str | None:
+        try:
+            OPTIMIZERS[name]([nn.Parameter(np.zeros(1))], **given)
+        except (TypeError, ValueError) as e:
+            return str(e)
+        return None
+
+    problem = refusal(**kwargs)
+    if problem is not None:
+        # name the argument: the first one refused on its own (the optimizer's message may not say which)
+        culprit = next((k for k in kwargs if refusal(**{k: kwargs[k]}) is not None), None)
+        where = f"optimizer.{culprit}" if culprit else f"optimizer ({', '.join(kwargs)})"
+        raise fail(f"[optimizer] {name}: {where}: {problem}")
 
 
 # --------------------------------------------------------------------------------------- building

@@ -312,6 +312,12 @@ class Module:
     def _upgrade_state_dict(self, state: dict[str, Any], prefix: str) -> None:
         """Hook: fill in keys that older saved states lack (overridden by batch norm)."""
 
+    def _state_value_problems(self, values: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
+        """Hook: ``(name, problem)`` for each of this module's own arrays about to be loaded (``values``: name
+        without prefix -> array already cast to the current dtype) that the module cannot accept; overridden
+        by batch/instance norm, which refuse a non-finite or negative running variance."""
+        return []
+
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True
     ) -> IncompatibleKeys:
@@ -326,8 +332,10 @@ class Module:
             raise TypeError(f"load_state_dict: expected a mapping, got {type(state_dict).__name__}")
         given: dict[str, Any] = dict(state_dict)
         targets: dict[str, tuple[Module, str, np.ndarray]] = {}
+        prefixes: dict[int, str] = {}
         for mod_prefix, m in self.named_modules():
             p = f"{mod_prefix}." if mod_prefix else ""
+            prefixes[id(m)] = p
             m._upgrade_state_dict(given, p)
             for key, arr in m._state_items(p):
                 targets[key] = (m, key[len(p) :], arr)
@@ -361,6 +369,13 @@ class Module:
                 errors.append(f"'{key}': expected an integer array, got dtype {value.dtype}")
                 continue
             staged.append((m, name, value.astype(current.dtype, copy=True)))
+
+        by_module: dict[int, tuple[Module, dict[str, np.ndarray]]] = {}
+        for m, name, value in staged:
+            by_module.setdefault(id(m), (m, {}))[1][name] = value
+        for m, values in by_module.values():
+            for name, problem in m._state_value_problems(values):
+                errors.append(f"'{prefixes[id(m)]}{name}': {problem}")
 
         if errors:
             raise StateDictError(

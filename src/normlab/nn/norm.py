@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,6 +214,27 @@ class _NormBase(_Normalization):
         key = prefix + "num_batches_tracked"
         if self.track_running_stats and prefix + "running_mean" in state and key not in state:
             state[key] = np.array(0, dtype=np.int64)
+
+    def _state_value_problems(self, values: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
+        # eval divides by sqrt(running_var + eps): a NaN, infinite or negative variance would make every
+        # output NaN or the bias whatever the input, so such a state is refused, not loaded
+        problems = []
+        for name, ok in (
+            ("running_mean", np.isfinite),
+            ("running_var", lambda v: np.isfinite(v) & (v >= 0)),
+        ):
+            value = values.get(name)
+            if value is None:
+                continue
+            bad = np.flatnonzero(~ok(value))
+            if bad.size:
+                shown = ", ".join(f"{float(value[c])!r} at channel {c}" for c in bad[:8].tolist())
+                more = f" and {bad.size - 8} more" if bad.size > 8 else ""
+                need = "finite" if name == "running_mean" else "finite and >= 0"
+                problems.append(
+                    (name, f"{self._label()}: {name} must be {need}, got {shown}{more}")
+                )
+        return problems
 
     def train(self, mode: bool = True) -> Module:
         super().train(mode)
