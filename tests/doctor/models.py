@@ -9,7 +9,8 @@ import numpy as np
 import normlab as nl
 from normlab import nn, optim
 from normlab.data import DataLoader, flatten, load_mnist, scale_01
-from normlab.lab.common import mlp, train_step
+from normlab.lab.common import mlp
+from normlab.train.step import train_step
 
 
 @dataclass
@@ -45,7 +46,7 @@ def train_mlp() -> Trained:
     model.train()
     while steps < 300:
         for xb, yb in loader:
-            train_step(model, loss, opt, xb, yb)
+            train_step(model, opt, loss, xb, yb)
             steps += 1
             if steps == 300:
                 break

@@ -11,8 +11,8 @@ import pytest
 import normlab as nl
 from normlab.config import build_model, build_optimizer, load_config, load_data
 from normlab.data import DataLoader, load_mnist, scale_01
-from normlab.lab.common import train_step
 from normlab.lab.experiments.eval_pitfalls import small_cnn
+from normlab.train.step import train_step
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -49,7 +49,7 @@ def test_eval_pitfalls_cnn() -> None:
     loss = nl.nn.CrossEntropyLoss()
     model.train()
     for xb, yb in DataLoader(x, splits.train.y[:3200], batch_size=64, seed=0):
-        train_step(model, loss, opt, xb, yb)
+        train_step(model, opt, loss, xb, yb)
     model.eval()
     x_test = scale_01(splits.test.x)[:1000, None]
     report = nl.doctor(model, x_test, labels=splits.test.y[:1000])

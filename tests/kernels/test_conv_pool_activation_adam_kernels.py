@@ -264,11 +264,14 @@ def test_batch_norm_activation(shape, dtype, activation, training):
 
 def test_batch_norm_act_rejects_what_it_cannot_fuse():
     with pytest.raises(
-        TypeError, match="BatchNormAct: expected a BatchNorm1d/2d/3d and a ReLU or Sigmoid"
+        TypeError,
+        match=r"BatchNormAct: expected a BatchNorm1d/2d/3d \(without virtual_batch_size\) and a ReLU",
     ):
         nn.BatchNormAct(nn.BatchNorm1d(3), nn.Tanh())
     with pytest.raises(TypeError, match="got LayerNorm and ReLU"):
         nn.BatchNormAct(nn.LayerNorm(3), nn.ReLU())
+    with pytest.raises(TypeError, match="got BatchNorm1d and ReLU"):  # Ghost BN has no fused kernel
+        nn.BatchNormAct(nn.BatchNorm1d(3, virtual_batch_size=2), nn.ReLU())
 
 
 # ----------------------------------------------------------------------------------------------- Adam

@@ -167,7 +167,7 @@ def test_layers_keep_the_cache_of_the_selected_ops():
     for backend, expected in (("numba", K.FastConv2dCache), ("reference", F.Conv2dCache)):
         kernels.use(backend)
         conv(x)
-        cache, backward = conv._cache
+        cache, backward, _ = conv._cache  # (op's cache, op's backward, the weight's cache)
         assert isinstance(cache, expected)
         assert backward is kernels.resolve("conv2d", x).backward
         assert conv.backward(np.ones((2, 3, 4, 4), np.float32)).shape == x.shape

@@ -107,16 +107,9 @@ class SyncBatchNorm(_BatchNorm):
         world = self._world()
         use_batch_stats = self.training or not self.track_running_stats
         if world.size == 1 or not use_batch_stats:
-            return self._forward(x, None)  # BatchNorm's own code
+            return super().forward(x)  # BatchNorm's own code
         x = self._check_input(x)
-        self._check_channels(x)
         return self._sync_forward(x, world)
-
-    def forward_activation(self, x: np.ndarray, activation: str) -> np.ndarray:
-        raise TypeError(
-            f"{self._label()}: no fused activation (Sequential runs the activation after a SyncBatchNorm "
-            "as its own layer)"
-        )
 
     def _sync_forward(self, x: np.ndarray, world: World) -> np.ndarray:
         c = self.num_features
