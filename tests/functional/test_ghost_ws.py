@@ -5,29 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.gradcheck import numerical_gradient, relative_error
 from normlab.functional import norm as N
 from normlab.functional import variants as V
 
 torch = pytest.importorskip("torch")
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b)))
-
-
-def _numeric(f, a, h=1e-6):
-    grad = np.zeros_like(a)
-    flat = a.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        plus = f()
-        flat[i] = old - h
-        minus = f()
-        flat[i] = old
-        grad.reshape(-1)[i] = (plus - minus) / (2 * h)
-    return grad
 
 
 def _batch(shape, seed=0):
@@ -95,9 +77,9 @@ def test_ghost_backward_against_finite_differences() -> None:
         y, _ = V.ghost_batch_norm_forward(x, gamma, beta, virtual_batch_size=3)
         return float(np.sum(upstream * y))
 
-    assert _rel(grads.dx, _numeric(loss, x)) < 1e-7
-    assert _rel(grads.dweight, _numeric(loss, gamma)) < 1e-7
-    assert _rel(grads.dbias, _numeric(loss, beta)) < 1e-7
+    assert relative_error(grads.dx, numerical_gradient(loss, x)) < 1e-7
+    assert relative_error(grads.dweight, numerical_gradient(loss, gamma)) < 1e-7
+    assert relative_error(grads.dbias, numerical_gradient(loss, beta)) < 1e-7
 
 
 @pytest.mark.parametrize(
@@ -150,7 +132,7 @@ def test_weight_standardization_backward_against_finite_differences() -> None:
     def loss() -> float:
         return float(np.sum(upstream * V.weight_standardization_forward(w)[0]))
 
-    assert _rel(dw, _numeric(loss, w)) < 1e-7
+    assert relative_error(dw, numerical_gradient(loss, w)) < 1e-7
 
 
 def test_weight_standardization_refuses_one_element_kernels() -> None:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers.gradcheck import numerical_gradient, relative_error
 from normlab.functional import norm as N
 from normlab.functional import variants as V
 
@@ -65,24 +66,6 @@ def test_no_clipping_room_is_batch_norm() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
 
 
-def _numeric(f, a, h=1e-6):
-    grad = np.zeros_like(a)
-    flat = a.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        plus = f()
-        flat[i] = old - h
-        minus = f()
-        flat[i] = old
-        grad.reshape(-1)[i] = (plus - minus) / (2 * h)
-    return grad
-
-
-def _rel(a, b):
-    return np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b))
-
-
 @pytest.mark.parametrize("affine", [True, False])
 def test_backward_against_finite_differences_where_r_and_d_are_saturated(affine: bool) -> None:
     """With every channel's r and d clipped, they are locally constant, so the stop-gradient backward
@@ -104,10 +87,10 @@ def test_backward_against_finite_differences_where_r_and_d_are_saturated(affine:
             )
         )
 
-    assert _rel(grads.dx, _numeric(loss, x)) < 1e-7
+    assert relative_error(grads.dx, numerical_gradient(loss, x)) < 1e-7
     if affine:
-        assert _rel(grads.dweight, _numeric(loss, gamma)) < 1e-7
-        assert _rel(grads.dbias, _numeric(loss, beta)) < 1e-7
+        assert relative_error(grads.dweight, numerical_gradient(loss, gamma)) < 1e-7
+        assert relative_error(grads.dbias, numerical_gradient(loss, beta)) < 1e-7
     else:
         assert grads.dweight is None and grads.dbias is None
 
@@ -130,8 +113,8 @@ def test_backward_holds_r_and_d_constant() -> None:
         return float(np.sum(upstream * y))
 
     grads = V.batch_renorm_backward(upstream, cache)
-    assert _rel(grads.dx, _numeric(frozen, x)) < 1e-7
-    assert _rel(grads.dweight, _numeric(frozen, gamma)) < 1e-7
+    assert relative_error(grads.dx, numerical_gradient(frozen, x)) < 1e-7
+    assert relative_error(grads.dweight, numerical_gradient(frozen, gamma)) < 1e-7
 
 
 def test_schedule_ramps_from_batch_norm_to_the_final_limits() -> None:
