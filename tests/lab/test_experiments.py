@@ -24,6 +24,7 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     "eval-pitfalls",
     "activations",
     "lenet-bn",
+    "sync-bn",
 ]
 
 
