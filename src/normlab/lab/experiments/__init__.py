@@ -14,4 +14,5 @@ from normlab.lab.experiments import adaline  # noqa: F401
 from normlab.lab.experiments import eval_pitfalls  # noqa: F401
 from normlab.lab.experiments import activations  # noqa: F401
 from normlab.lab.experiments import lenet_bn  # noqa: F401
+from normlab.lab.experiments import bn_order  # noqa: F401
 # isort: on
