@@ -26,6 +26,7 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     "lenet-bn",
     # round two (issue 12)
     "bn-order",
+    "ics",
 ]
 
 

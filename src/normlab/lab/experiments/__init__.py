@@ -15,4 +15,5 @@ from normlab.lab.experiments import eval_pitfalls  # noqa: F401
 from normlab.lab.experiments import activations  # noqa: F401
 from normlab.lab.experiments import lenet_bn  # noqa: F401
 from normlab.lab.experiments import bn_order  # noqa: F401
+from normlab.lab.experiments import ics  # noqa: F401
 # isort: on
