@@ -37,7 +37,7 @@ def test_noise_is_the_identity_in_eval_mode() -> None:
 
 
 def test_noise_rejects_bad_parameters() -> None:
-    with pytest.raises(ValueError, match="ShiftNoise: .*scale >= 1"):
+    with pytest.raises(ValueError, match=r"ShiftNoise: .*scale >= 1"):
         noise(scale=0.5)
 
 

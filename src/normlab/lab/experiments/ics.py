@@ -22,6 +22,7 @@ over time of its median is larger).  Plain's numbers are reported beside them.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -138,7 +139,7 @@ def build(
     noise_rng = np.random.default_rng(noise_seed)
     sizes = [784, *cfg["hidden"]]
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes), start=1):
         layers.append(nn.Linear(n_in, n_out, rng=rng))
         if variant != "plain":
             layers.append(nn.BatchNorm1d(n_out))
