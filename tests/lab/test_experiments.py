@@ -27,6 +27,7 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     # round two (issue 12)
     "bn-order",
     "ics",
+    "landscape",
 ]
 
 
