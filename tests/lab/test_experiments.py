@@ -28,6 +28,7 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     "bn-order",
     "ics",
     "landscape",
+    "renorm",
 ]
 
 
