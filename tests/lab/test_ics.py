@@ -29,11 +29,16 @@ def test_noise_has_non_zero_mean_non_unit_scale_and_changes_every_step() -> None
     assert np.allclose(s, s[0, 0]) and 1 <= s[0, 0] <= 3
 
 
-def test_noise_is_the_identity_in_eval_mode() -> None:
-    layer = noise().eval()
+def test_noise_is_its_expectation_in_eval_mode() -> None:
+    layer = noise(scale=3.0, jitter=0.5).eval()
     x = np.random.default_rng(1).standard_normal((5, 4))
-    np.testing.assert_array_equal(layer(x), x)
-    np.testing.assert_array_equal(layer.backward(x), x)
+    expected = 2.0 * np.exp(0.125)  # mean of U(1, 3) times the log-normal's mean exp(sigma^2 / 2)
+    np.testing.assert_allclose(layer(x), x * expected)
+    np.testing.assert_allclose(layer.backward(x), x * expected)
+    # the training draws average to it
+    train = noise(seed=3, scale=3.0, jitter=0.5)
+    factors = np.stack([train.draw((200, 50), np.float64)[0] for _ in range(200)])
+    assert factors.mean() == pytest.approx(expected, rel=0.02)
 
 
 def test_noise_rejects_bad_parameters() -> None:

@@ -13,7 +13,9 @@ Here (offline, the bundled MNIST sample): an MLP 784 -> 100 -> 100 -> 100 -> 10 
 the paper's spirit; they do not give their distribution's parameters in the main text): at every training
 step each noise layer draws a mean ``mu_t ~ U(-shift, shift)`` and a scale ``s_t ~ U(1, scale)``, then per
 activation ``y = x * s_t * exp(jitter * e1) + mu_t + jitter * e2`` with ``e1, e2 ~ N(0, 1)``: non-zero mean,
-non-unit variance, new every step.  In eval mode the noise layer is the identity.
+non-unit variance, new every step.  In eval mode the noise layer multiplies by the noise's expected factor
+``E[S] = (1 + scale) / 2 · exp(jitter² / 2)`` and adds its expected offset 0 (as dropout's inference uses the
+expectation): the network is evaluated on the activation scale it was trained on.
 
 Decided before running: the claim holds if noisy BN's final test accuracy is at least BN's minus
 ``margin`` while the probed layer's distribution moves more for noisy BN than for BN (the standard deviation
@@ -68,7 +70,7 @@ COLORS = {"plain": "#777777", "bn": "#1f5fbf", "noisy-bn": "#c05020"}
 class ShiftNoise(nn.Module):
     """The paper's "noisy BN" noise: ``y = x * S + M`` with ``S, M`` (shape of ``x``) drawn afresh at every
     training forward from a distribution whose mean and scale are themselves redrawn (see the module
-    docstring); the identity in eval mode.  ``backward``: ``dx = dy * S`` (the noise is a constant of the
+    docstring); in eval mode ``y = x * E[S]`` (:meth:`expected_factor`; ``E[M] = 0``).  ``backward``: ``dx = dy * S`` (the noise is a constant of the
     step).  ``frozen`` reuses the last draw (for a gradient check); ``generator`` makes it reproducible."""
 
     def __init__(
@@ -93,10 +95,15 @@ class ShiftNoise(nn.Module):
         offset = mean + self.jitter * g.standard_normal(shape)
         return factor.astype(dtype), offset.astype(dtype)
 
+    def expected_factor(self) -> float:
+        """E[S]: the mean of U(1, scale) times the mean of the log-normal exp(jitter · N(0, 1))."""
+        return (1.0 + self.scale) / 2.0 * float(np.exp(self.jitter**2 / 2.0))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         if not self.training:
-            self._factor = None
-            return x
+            factor = np.asarray(self.expected_factor(), dtype=x.dtype)
+            self._factor = np.broadcast_to(factor, x.shape)
+            return x * factor
         if not (self.frozen and self._noise is not None and self._noise[0].shape == x.shape):
             self._noise = self.draw(x.shape, x.dtype)
         factor, offset = self._noise
@@ -104,7 +111,9 @@ class ShiftNoise(nn.Module):
         return x * factor + offset
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        return grad_output if self._factor is None else grad_output * self._factor
+        if self._factor is None:
+            raise RuntimeError("ShiftNoise: backward needs a forward pass first")
+        return grad_output * self._factor
 
     def extra_repr(self) -> str:
         return f"shift={self.shift}, scale={self.scale}, jitter={self.jitter}"
@@ -240,7 +249,8 @@ def run(ctx: RunContext) -> Result:
         f"{cfg['momentum']}, batch {cfg['batch_size']}, {cfg['epochs']} epoch(s), the same for all three.",
         f"Noise (our parameters): per step mu_t ~ U(-{cfg['shift']}, {cfg['shift']}), s_t ~ U(1, "
         f"{cfg['scale']}); per activation y = x · s_t · exp({cfg['jitter']}·e1) + mu_t + "
-        f"{cfg['jitter']}·e2; identity at evaluation.",
+        f"{cfg['jitter']}·e2; at evaluation the expected factor E[S] and offset 0 (the paper does not say "
+        "what its noisy network does at test time).",
         f"Activations: percentiles {cfg['percentiles']} of hidden layer {cfg['probe_layer']}'s input to "
         f"its ReLU (after BN and noise) over the training batch, every {cfg['measure_every']} steps; "
         "the paper shows one layer's activation histogram over time.",
