@@ -29,6 +29,7 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     "ics",
     "landscape",
     "renorm",
+    "ghost-bn",
 ]
 
 

@@ -18,4 +18,5 @@ from normlab.lab.experiments import bn_order  # noqa: F401
 from normlab.lab.experiments import ics  # noqa: F401
 from normlab.lab.experiments import landscape  # noqa: F401
 from normlab.lab.experiments import renorm  # noqa: F401
+from normlab.lab.experiments import ghost_bn  # noqa: F401
 # isort: on
