@@ -97,3 +97,13 @@ def test_same_seed_same_numbers(tmp_path) -> None:
     first = metrics(5, "a")
     assert first == metrics(5, "b")
     assert first != metrics(6, "c")
+
+
+def test_too_few_images_for_a_non_iid_batch_is_an_error() -> None:
+    from normlab.lab.experiments.renorm import batches_for
+
+    x, y = labels(per_class=5)
+    with pytest.raises(
+        ValueError, match="renorm: no non-i.i.d. batch of 2 classes x 16 can be formed"
+    ):
+        batches_for("noniid", x, y, FULL, seed=0)

@@ -61,7 +61,7 @@ QUICK = FULL | {
     "val_images": 1000,
 }
 TINY = FULL | {
-    "norms": ["bn", "gn", "gn-ws"],
+    "norms": ["bn", "gn"],
     "mlp_norms": ["bn", "gn", "renorm", "ghost"],
     "batch_sizes": [2, 8],
     "train_images": 32,

@@ -52,13 +52,13 @@ FULL = {
     "margin": 0.02,
 }
 QUICK = FULL | {"epochs": 2}
-TINY = FULL | {"epochs": 1, "train_images": 128, "test_images": 200}
+TINY = FULL | {"epochs": 1, "per_class": 8, "train_images": 96, "test_images": 200}
 
 SETTINGS = ("iid", "small", "noniid")
 SETTING_NAMES = {
     "iid": "i.i.d., batch 32",
     "small": "i.i.d., batch 4",
-    "noniid": "non-i.i.d., 2 classes x 16",
+    "noniid": "non-i.i.d., 2 classes per batch",
 }
 NORM_NAMES = {"bn": "BatchNorm", "renorm": "Batch Renorm", "gn": "GroupNorm"}
 COLORS = {"bn": "#1f5fbf", "renorm": "#3a9a3a", "gn": "#c05020"}
@@ -248,6 +248,11 @@ def batches_for(setting: str, x, y, cfg: Mapping, seed: int):
         batches = ClassPairBatches(
             x, y, classes=cfg["classes_per_batch"], per_class=cfg["per_class"], seed=seed
         )
+        if len(batches) == 0:
+            raise ValueError(
+                f"renorm: no non-i.i.d. batch of {cfg['classes_per_batch']} classes x {cfg['per_class']} "
+                f"can be formed from {len(y)} training images"
+            )
         return batches, cfg["classes_per_batch"] * cfg["per_class"]
     size = cfg["iid_batch"] if setting == "iid" else cfg["small_batch"]
     return DataLoader(x, y, batch_size=size, shuffle=True, drop_last=True, seed=seed), size
