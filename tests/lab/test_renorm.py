@@ -104,6 +104,6 @@ def test_too_few_images_for_a_non_iid_batch_is_an_error() -> None:
 
     x, y = labels(per_class=5)
     with pytest.raises(
-        ValueError, match="renorm: no non-i.i.d. batch of 2 classes x 16 can be formed"
+        ValueError, match=r"renorm: no non-i\.i\.d\. batch of 2 classes x 16 can be formed"
     ):
         batches_for("noniid", x, y, FULL, seed=0)
