@@ -12,7 +12,7 @@ import pytest
 from normlab.lab import REGISTRY, run_experiments
 from normlab.lab.base import DOES_NOT_HOLD, HOLDS, MODES
 
-EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
+EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order, then round two (issue 12)
     "init-scale",
     "bn-vs-plain",
     "bn-paper-mnist",
@@ -25,7 +25,6 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     "eval-pitfalls",
     "activations",
     "lenet-bn",
-    # round two (issue 12)
     "bn-order",
     "ics",
     "landscape",
