@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from normlab.lab.experiments.batch_size import (
+    FULL,
     PUBLISHED_BATCH_SIZES,
     PUBLISHED_ERROR,
     decide,
     degradation,
     small_cnn,
+    small_mlp,
 )
 
 MARGIN = 0.01
@@ -56,7 +58,39 @@ def test_does_not_hold(bn: list[float], gn: list[float], why: str) -> None:
     assert "BN" in measured and "GN" in measured
 
 
-@pytest.mark.parametrize("norm", ["none", "bn", "gn", "ln", "in"])
+@pytest.mark.parametrize("norm", ["none", "bn", "gn", "ln", "renorm", "ghost"])
+def test_small_mlp_maps_flat_images_to_ten_logits(norm: str) -> None:
+    import numpy as np
+
+    from normlab import nn
+
+    model = small_mlp(norm, FULL, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).random((4, 784), dtype=np.float32)
+    assert model(x).shape == (4, 10)
+    kinds = {type(m).__name__ for m in model.modules()}
+    expected = {
+        "none": None,
+        "bn": "BatchNorm1d",
+        "gn": "GroupNorm",
+        "ln": "LayerNorm",
+        "renorm": "BatchRenorm1d",
+        "ghost": "BatchNorm1d",
+    }[norm]
+    assert expected is None or expected in kinds
+    if norm == "ghost":
+        assert {m.virtual_batch_size for m in model.modules() if isinstance(m, nn.BatchNorm1d)} == {
+            2
+        }
+
+
+def test_the_cnn_with_weight_standardization_uses_wsconv2d() -> None:
+    import numpy as np
+
+    kinds = [type(m).__name__ for m in small_cnn("gn-ws", [8, 16], 4, rng=np.random.default_rng(0))]
+    assert kinds.count("WSConv2d") == 2 and kinds.count("GroupNorm") == 2
+
+
+@pytest.mark.parametrize("norm", ["none", "bn", "gn", "ln", "in", "renorm", "gn-ws", "ghost"])
 def test_small_cnn_maps_mnist_images_to_ten_logits(norm: str) -> None:
     import numpy as np
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from helpers.training import blobs
 from normlab import nn, optim
@@ -99,3 +100,21 @@ def test_the_config_builder_is_the_lab_builder() -> None:
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb
         np.testing.assert_array_equal(va, vb)
+
+
+def test_trailing_mean_keeps_the_first_points() -> None:
+    from normlab.lab.common import trailing_mean
+
+    np.testing.assert_allclose(trailing_mean([4.0, 2.0, 6.0, 0.0], 2), [4.0, 3.0, 4.0, 3.0])
+    np.testing.assert_allclose(trailing_mean([1.0, 2.0, 3.0], 1), [1.0, 2.0, 3.0])
+    assert len(trailing_mean(np.arange(100.0), 7)) == 100
+    with pytest.raises(ValueError, match="window"):
+        trailing_mean([1.0], 0)
+
+
+def test_accuracy_axis_shows_the_lowest_point() -> None:
+    from normlab.lab.common import accuracy_axis
+
+    low, high = accuracy_axis([0.11, 0.95, 0.97])  # a chance-level first point
+    assert low < 0.11 and high == 1.0
+    assert accuracy_axis([0.01, float("nan")]) == (0.0, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from normlab.lab import REGISTRY, run_experiments
 from normlab.lab.base import DOES_NOT_HOLD, HOLDS, MODES
 
-EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
+EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order, then round two (issue 12)
     "init-scale",
     "bn-vs-plain",
     "bn-paper-mnist",
@@ -24,11 +25,16 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order
     "eval-pitfalls",
     "activations",
     "lenet-bn",
+    "bn-order",
+    "ics",
+    "landscape",
+    "renorm",
+    "ghost-bn",
     "sync-bn",
 ]
 
 
-def test_registered_experiments_are_the_twelve_of_the_design() -> None:
+def test_registered_experiments_are_those_of_the_design() -> None:
     assert list(REGISTRY) == EXPECTED
 
 
@@ -83,6 +89,11 @@ def test_a_run_of_several_experiments_has_an_index(tmp_path: Path) -> None:
     summary = run_experiments(["init-scale", "bn-vs-plain"], tmp_path, mode="tiny")
     report = summary.report.read_text()
     assert report.count("<section") == 2 and 'href="#init-scale"' in report
+    # the index's summary paragraphs carry each run's own measured numbers
+    summary = report.split("<h3>Summary</h3>")[1].split("<section")[0]
+    for name in ("init-scale", "bn-vs-plain"):
+        measured = json.loads((tmp_path / name / "result.json").read_text())["measured"]
+        assert html.escape(measured) in summary
     run = json.loads((tmp_path / "run.json").read_text())
     assert [e["name"] for e in run["experiments"]] == ["init-scale", "bn-vs-plain"]
     assert run["seed"] == 0 and run["mode"] == "tiny" and "cpu" in run

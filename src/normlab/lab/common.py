@@ -155,3 +155,23 @@ def he_normal_init(model: nn.Module, rng: np.random.Generator) -> nn.Module:
             layer.weight.data = nn.init.kaiming_normal(layer.weight.shape, rng, nonlinearity="relu")
             layer.bias.data = np.zeros(layer.weight.shape[0], np.float32)
     return model
+
+
+def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """The mean of the last ``window`` values at every position, over the values there are at the start
+    (position ``i < window`` averages ``values[:i + 1]``): as long as ``values``, so a plotted moving
+    average keeps its first point."""
+    v = np.asarray(values, dtype=np.float64)
+    if window < 1:
+        raise ValueError(f"trailing_mean: window must be >= 1, got {window}")
+    sums = np.cumsum(np.concatenate([[0.0], v]))
+    ends = np.arange(1, len(v) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def accuracy_axis(values: Sequence[float], pad: float = 0.02) -> tuple[float, float]:
+    """A y range for accuracies that shows every value: from just below the lowest (at least 0) to 1."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    low = min(finite, default=0.0)
+    return max(0.0, low - pad), 1.0

@@ -88,10 +88,24 @@ def section_html(
     return "\n".join(parts)
 
 
+def summary_paragraph(name: str, result: Result) -> str:
+    """The index's paragraph for one experiment, made only of what the run computed: the claim, the verdict
+    and the measurement it was decided from (no fixed prose that a run's numbers could contradict)."""
+    return (
+        f'<p><a href="#{html.escape(name)}"><b>{html.escape(name)}</b></a>: '
+        f"{html.escape(result.claim)} {verdict_html(result.verdict)} &mdash; "
+        f"{html.escape(result.measured)}.</p>"
+    )
+
+
 def report_html(
-    title: str, meta: Mapping[str, Any], sections: Sequence[tuple[str, str, float, str]]
+    title: str,
+    meta: Mapping[str, Any],
+    sections: Sequence[tuple[str, str, float, str]],
+    summaries: Sequence[str] = (),
 ) -> str:
-    """The whole report.  ``sections`` holds (name, verdict, wall time, section html) per experiment."""
+    """The whole report.  ``sections`` holds (name, verdict, wall time, section html) per experiment;
+    ``summaries`` the index's paragraphs (:func:`summary_paragraph`), shown under the index table."""
     meta_rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in meta.items()
@@ -104,6 +118,8 @@ def report_html(
             for n, v, t, _ in sections
         )
         index = f"<h3>Experiments</h3><table><tr><th>experiment</th><th>verdict</th><th>wall time</th></tr>{rows}</table>"
+        if summaries:
+            index += "<h3>Summary</h3>" + "\n".join(summaries)
     body = "\n".join(s for *_, s in sections)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

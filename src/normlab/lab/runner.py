@@ -21,7 +21,7 @@ import numpy as np
 
 from normlab import kernels
 from normlab.lab.base import REGISTRY, Result, RunContext, write_json
-from normlab.lab.report import report_html, section_html
+from normlab.lab.report import report_html, section_html, summary_paragraph
 from normlab.system import machine_description
 
 
@@ -115,7 +115,8 @@ def run_experiments(
     write_json(out_dir / "run.json", meta | {"experiments": experiments, "command": sys.argv})
     report = out_dir / "report.html"
     sections = [(r.name, r.result.verdict, r.wall_time, r.section) for r in runs]
-    report.write_text(report_html(title, meta, sections))
+    summaries = [summary_paragraph(r.name, r.result) for r in runs]
+    report.write_text(report_html(title, meta, sections, summaries))
     return RunSummary(out_dir, report, runs, total)
 
 

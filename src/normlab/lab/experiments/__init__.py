@@ -14,5 +14,10 @@ from normlab.lab.experiments import adaline  # noqa: F401
 from normlab.lab.experiments import eval_pitfalls  # noqa: F401
 from normlab.lab.experiments import activations  # noqa: F401
 from normlab.lab.experiments import lenet_bn  # noqa: F401
+from normlab.lab.experiments import bn_order  # noqa: F401
+from normlab.lab.experiments import ics  # noqa: F401
+from normlab.lab.experiments import landscape  # noqa: F401
+from normlab.lab.experiments import renorm  # noqa: F401
+from normlab.lab.experiments import ghost_bn  # noqa: F401
 from normlab.lab.experiments import sync_bn  # noqa: F401
 # isort: on

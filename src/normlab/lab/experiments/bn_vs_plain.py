@@ -14,7 +14,16 @@ from normlab import nn, optim
 from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import Measure, first, first_reaching, mnist, model_accuracy, train_model
+from normlab.lab.common import (
+    Measure,
+    accuracy_axis,
+    first,
+    first_reaching,
+    mnist,
+    model_accuracy,
+    trailing_mean,
+    train_model,
+)
 
 FULL = {
     "hidden": [128, 64],
@@ -159,14 +168,16 @@ def _plot(ctx: RunContext, histories, thresholds):
     colors = {"plain": "#c05020", "batch norm": "#1f5fbf"}
     for label, h in histories.items():
         losses = np.asarray(h["losses"])
-        window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax_loss.plot(np.arange(len(smooth)) + window, smooth, label=label, color=colors[label])
+        # a trailing mean as long as the losses: the curve starts at step 1, not at step ``window``
+        smooth = trailing_mean(losses, max(1, len(losses) // 50))
+        ax_loss.plot(np.arange(1, len(smooth) + 1), smooth, label=label, color=colors[label])
         ax_acc.plot(h["val_steps"], h["val_accs"], label=label, color=colors[label])
     for t in thresholds:
         ax_acc.axhline(t, color="gray", linewidth=0.8, linestyle=":")
     ax_loss.set(xlabel="step", ylabel="training loss (moving average)", yscale="log")
-    ax_acc.set(xlabel="step", ylabel="validation accuracy", ylim=(0.8, 1.0))
+    # the y range holds every point, the step-0 accuracy (about chance) included
+    shown = [a for h in histories.values() for a in h["val_accs"]]
+    ax_acc.set(xlabel="step", ylabel="validation accuracy", ylim=accuracy_axis(shown))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
