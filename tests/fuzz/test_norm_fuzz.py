@@ -44,7 +44,6 @@ from hypothesis import strategies as st
 from helpers.parity import TORCH_NORMS, assert_parity
 from normlab import functional as F
 from normlab import kernels, nn
-from normlab.functional.norm import NormCache
 
 _BASE = int(os.environ.get("NORMLAB_FUZZ_EXAMPLES", "150"))
 
@@ -365,14 +364,17 @@ def test_functional_op_is_right_or_refuses(call):
             elif op == "group_norm":
                 y, _ = F.group_norm_forward(x, **kw)
             elif op == "moments":
-                mean, _ = F.moments(x, **kw)
-                axes = kw["axes"]
-                expected = torch.var_mean(
-                    torch.from_numpy(np.asarray(x, np.float64)), dim=axes, correction=0
-                )
-                np.testing.assert_allclose(
-                    mean.astype(float), expected[1].numpy(), rtol=1e-2, atol=1e-2, equal_nan=True
-                )
+                mean, var = F.moments(x, **kw)
+                # the anchor is NumPy's float64 mean and variance (PyTorch's var_mean gives NaN for the
+                # mean of [inf, 1], where the mean is inf)
+                x64 = np.asarray(x, np.float64)
+                with np.errstate(all="ignore"):
+                    expected_mean = np.mean(x64, axis=kw["axes"])
+                    expected_var = np.var(x64, axis=kw["axes"])
+                for got, want in ((mean, expected_mean), (var, expected_var)):
+                    np.testing.assert_allclose(
+                        got.astype(float), want, rtol=1e-2, atol=1e-2, equal_nan=True
+                    )
                 return
             elif op == "update_running_stats":
                 rm, rv = F.update_running_stats(np.zeros(3), np.ones(3), **kw)
@@ -383,9 +385,10 @@ def test_functional_op_is_right_or_refuses(call):
             else:
                 which = kw["which"]
                 cache = kw["cache"]
-                if cache == "other-shape":
+                if cache == "other-shape":  # a real cache, of another input's shape
                     _, cache = F.layer_norm_forward(np.ones((2, 5)), 5)
-                    cache = cache if which != "layer_norm" else NormCache.__new__(NormCache)
+                    if np.shape(x) == (2, 5):
+                        return
                 getattr(F, f"{which}_backward")(x, cache)
                 raise AssertionError(f"{which}_backward accepted cache {kw['cache']!r}")
         except (ValueError, TypeError) as err:

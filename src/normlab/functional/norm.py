@@ -140,7 +140,19 @@ def moments(
     """Mean and biased variance of ``x`` over ``axes``, numerically stable (shifted two-pass, float64 sums)."""
     x = check_float_array(x, "moments")
     axes = checks.axes_arg(axes, x.ndim, "moments")
-    mean, var, _ = centered_moments(x, axes)
+    if any(
+        x.shape[a] == 0 for a in axes
+    ):  # no values to take statistics over: NaN, as numpy and PyTorch
+        kept = [1 if a in axes else n for a, n in enumerate(x.shape)]
+        mean = var = np.full(kept, np.nan, dtype=compute_dtype(x.dtype))
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, var, _ = centered_moments(x, axes)
+            if not np.isfinite(
+                mean
+            ).all():  # an inf among the values: the shift made it inf - inf = NaN
+                plain = np.mean(x, axis=axes, keepdims=True, dtype=np.float64).astype(mean.dtype)
+                mean = np.where(np.isfinite(mean), mean, plain)
     if not keepdims:
         mean, var = mean.squeeze(axes), var.squeeze(axes)
     return mean, var
