@@ -190,7 +190,8 @@ def arrays(draw, min_rank=0, max_rank=4):
     if dtype == "object":
         return values.astype(object)
     if dtype in ("bool", "int8", "int64"):
-        return np.nan_to_num(values).astype(dtype)
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(values).astype(dtype)
     return values.astype(dtype)
 
 
