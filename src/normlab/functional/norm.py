@@ -41,7 +41,9 @@ subtracted before anything is summed, the mean of the shifted values is taken, a
 squared deviations from it.  Sums are accumulated in float64.  This never forms ``E[x^2] - E[x]^2``, so an
 input with mean 1e4 and standard deviation 1 in float32 keeps its precision, and a constant input gives a
 variance of exactly zero.  When ``var + eps == 0`` (constant input, ``eps=0``) the normalized value is defined
-as 0, so the output is ``beta``, never NaN.  Elementwise arithmetic runs in float32 for float16/float32 inputs
+as 0, so the output is ``beta``, never NaN.  Statistics that are not finite (a NaN or an infinity among the
+values they were taken over, or a variance that overflows, as float64 values near 1e200 do) make every output
+of their group NaN: the math has no other answer, and a bias whatever the input would hide the problem.  Elementwise arithmetic runs in float32 for float16/float32 inputs
 and in float64 for float64 inputs; the output has the input's dtype.
 """
 
@@ -137,26 +139,35 @@ def moments(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and biased variance of ``x`` over ``axes``, numerically stable (shifted two-pass, float64 sums)."""
     x = check_float_array(x, "moments")
-    axes = _normalize_axes(axes, x.ndim)
-    mean, var, _ = centered_moments(x, axes)
+    axes = checks.axes_arg(axes, x.ndim, "moments")
+    if any(
+        x.shape[a] == 0 for a in axes
+    ):  # no values to take statistics over: NaN, as numpy and PyTorch
+        kept = [1 if a in axes else n for a, n in enumerate(x.shape)]
+        mean = var = np.full(kept, np.nan, dtype=compute_dtype(x.dtype))
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, var, _ = centered_moments(x, axes)
+            if not np.isfinite(
+                mean
+            ).all():  # an inf among the values: the shift made it inf - inf = NaN
+                plain = np.mean(x, axis=axes, keepdims=True, dtype=np.float64).astype(mean.dtype)
+                mean = np.where(np.isfinite(mean), mean, plain)
     if not keepdims:
         mean, var = mean.squeeze(axes), var.squeeze(axes)
     return mean, var
 
 
 def inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
-    """``1 / sqrt(var + eps)``, defined as 0 where ``var + eps == 0`` so that a constant input maps to 0."""
+    """``1 / sqrt(var + eps)``: 0 where ``var + eps == 0``, so that a constant input maps to 0; NaN where
+    ``var + eps`` is not finite (NaN statistics, or an overflowed variance), so that the group's outputs are
+    NaN rather than the bias."""
     denom = var + np.asarray(eps, dtype=var.dtype)
-    positive = denom > 0
-    out = np.zeros_like(denom)
+    positive = (denom > 0) & np.isfinite(denom)
+    out = np.where(np.isfinite(denom), 0.0, np.nan).astype(denom.dtype, copy=False)
     np.sqrt(denom, out=out, where=positive)
     np.divide(1.0, out, out=out, where=positive)
     return out
-
-
-def _normalize_axes(axes: int | Shape, ndim: int) -> Shape:
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    return tuple(sorted(a % ndim for a in axes))
 
 
 def _sum_to_shape(a: np.ndarray, broadcast_shape: Shape, param_shape: Shape) -> np.ndarray:
@@ -194,7 +205,10 @@ def _normalize_forward(
             )
             xc = xv.astype(ct)
         else:
-            mean, var, xc = centered_moments(xv, stat_axes, center)
+            with np.errstate(
+                over="ignore", invalid="ignore"
+            ):  # non-finite statistics give NaN (see above)
+                mean, var, xc = centered_moments(xv, stat_axes, center)
     else:
         mean, var = (np.asarray(s, dtype=ct) for s in given_stats)
         xc = xv.astype(ct) - mean if center else xv.astype(ct)
@@ -228,9 +242,10 @@ def _normalize_forward(
     return y.astype(x.dtype, copy=False), cache
 
 
-def _normalize_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
+def _normalize_backward(dy: np.ndarray, cache: NormCache, where: str) -> NormGrads:
     """Closed-form gradients of :func:`_normalize_forward` (see the module docstring for the formula)."""
-    dy = checks.check_gradient(dy, cache.input_shape, "normalization backward")
+    checks.check_cache(cache, NormCache, where)
+    dy = checks.check_gradient(dy, cache.input_shape, where)
     ct = cache.xhat.dtype
     g = dy.astype(ct, copy=False)
     xhat = cache.xhat.reshape(cache.input_shape)
@@ -253,6 +268,32 @@ def _normalize_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     return NormGrads(
         dx.reshape(cache.input_shape).astype(cache.input_dtype, copy=False), dweight, dbias
     )
+
+
+def _channel_args(
+    x: np.ndarray,
+    weight: object,
+    bias: object,
+    running_mean: object,
+    running_var: object,
+    use_input_stats: bool,
+    eps: object,
+    where: str,
+) -> tuple[float, np.ndarray | None, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """The checked arguments of a per-channel norm (batch, instance): eps, gamma and beta of shape (C,), and
+    the given running statistics (shape (C,)) reshaped to broadcast, or None when the input's are used."""
+    c = (x.shape[1],)
+    eps = checks.check_eps(eps, where)
+    weight = checks.check_param(weight, c, "weight", where)
+    bias = checks.check_param(bias, c, "bias", where)
+    given = None
+    if not use_input_stats:
+        cshape = _channel_shape(x)
+        given = (
+            checks.check_statistic(running_mean, c, "running_mean", where).reshape(cshape),
+            checks.check_statistic(running_var, c, "running_var", where).reshape(cshape),
+        )
+    return eps, weight, bias, given
 
 
 def _channel_shape(x: np.ndarray) -> Shape:
@@ -284,10 +325,10 @@ def batch_norm_forward(
     checks.check_min_rank(x, 2, "(N, C, *)", "batch_norm")
     use_input_stats, flag = checks.input_stats_flag(use_input_stats, training, "batch_norm")
     checks.check_given_stats(use_input_stats, running_mean, running_var, flag, "batch_norm")
+    eps, weight, bias, given = _channel_args(
+        x, weight, bias, running_mean, running_var, use_input_stats, eps, "batch_norm"
+    )
     cshape = _channel_shape(x)
-    given = None
-    if not use_input_stats:
-        given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
     return _normalize_forward(
         x,
         stat_shape=x.shape,
@@ -302,7 +343,7 @@ def batch_norm_forward(
 
 def batch_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,)."""
-    return _normalize_backward(dy, cache)
+    return _normalize_backward(dy, cache, "batch_norm_backward")
 
 
 # --------------------------------------------------------------------------------------- batch norm + activation
@@ -319,6 +360,13 @@ def update_running_stats(
     stored as given: pass it through :func:`unbiased_variance` first for PyTorch's convention.  Returns new
     arrays in the running statistics' dtype.
     """
+    where = "update_running_stats"
+    running_mean = check_float_array(running_mean, where, "running_mean")
+    shape = running_mean.shape
+    running_var = checks.check_statistic(running_var, shape, "running_var", where)
+    batch_mean = checks.check_statistic(batch_mean, shape, "batch_mean", where)
+    batch_var = checks.check_statistic(batch_var, shape, "batch_var", where)
+    factor = checks.check_factor(factor, "factor", where)
     ct = np.result_type(running_mean.dtype, np.float32)
     new_mean = (1 - factor) * running_mean.astype(ct) + factor * np.asarray(batch_mean, ct)
     new_var = (1 - factor) * running_var.astype(ct) + factor * np.asarray(batch_var, ct)
@@ -335,14 +383,18 @@ def unbiased_variance(biased_var: np.ndarray, count: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------- layer norm
 def layer_norm_forward(
     x: np.ndarray,
-    normalized_shape: Shape,
+    normalized_shape: int | Shape,
     weight: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     eps: float = 1e-5,
 ) -> tuple[np.ndarray, NormCache]:
     """Layer norm over the trailing ``normalized_shape`` axes of ``x``; gamma/beta have that shape."""
     x = check_float_array(x, "layer_norm")
+    normalized_shape = checks.normalized_shape_arg(normalized_shape, "layer_norm")
     checks.check_trailing(x, normalized_shape, "layer_norm")
+    eps = checks.check_eps(eps, "layer_norm")
+    weight = checks.check_param(weight, normalized_shape, "weight", "layer_norm")
+    bias = checks.check_param(bias, normalized_shape, "bias", "layer_norm")
     k = len(normalized_shape)
     return _normalize_forward(
         x,
@@ -357,13 +409,13 @@ def layer_norm_forward(
 
 def layer_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Gradients of :func:`layer_norm_forward`; parameter gradients have ``normalized_shape``."""
-    return _normalize_backward(dy, cache)
+    return _normalize_backward(dy, cache, "layer_norm_backward")
 
 
 # --------------------------------------------------------------------------------------- RMS norm
 def rms_norm_forward(
     x: np.ndarray,
-    normalized_shape: Shape,
+    normalized_shape: int | Shape,
     weight: np.ndarray | None = None,
     eps: float | None = None,
 ) -> tuple[np.ndarray, NormCache]:
@@ -372,7 +424,10 @@ def rms_norm_forward(
     ``eps=None`` uses the machine epsilon of ``x``'s dtype, as PyTorch does.
     """
     x = check_float_array(x, "rms_norm")
+    normalized_shape = checks.normalized_shape_arg(normalized_shape, "rms_norm")
     checks.check_trailing(x, normalized_shape, "rms_norm")
+    eps = None if eps is None else checks.check_eps(eps, "rms_norm")
+    weight = checks.check_param(weight, normalized_shape, "weight", "rms_norm")
     k = len(normalized_shape)
     return _normalize_forward(
         x,
@@ -388,7 +443,7 @@ def rms_norm_forward(
 
 def rms_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Gradients of :func:`rms_norm_forward` (``dbias`` is ``None``)."""
-    return _normalize_backward(dy, cache)
+    return _normalize_backward(dy, cache, "rms_norm_backward")
 
 
 # --------------------------------------------------------------------------------------- group norm
@@ -402,7 +457,10 @@ def group_norm_forward(
     """Group norm of (N, C, *spatial) ``x``: statistics per sample over each group of C/G channels and all
     spatial positions; gamma/beta per channel, shape (C,)."""
     x = check_float_array(x, "group_norm")
-    checks.check_groups(x, num_groups, "group_norm")
+    num_groups = checks.check_groups(x, num_groups, "group_norm")
+    eps = checks.check_eps(eps, "group_norm")
+    weight = checks.check_param(weight, x.shape[1:2], "weight", "group_norm")
+    bias = checks.check_param(bias, x.shape[1:2], "bias", "group_norm")
     n, c = x.shape[:2]
     group_size = (c // num_groups) * math.prod(x.shape[2:])
     return _normalize_forward(
@@ -418,7 +476,7 @@ def group_norm_forward(
 
 def group_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Gradients of :func:`group_norm_forward`."""
-    return _normalize_backward(dy, cache)
+    return _normalize_backward(dy, cache, "group_norm_backward")
 
 
 # --------------------------------------------------------------------------------------- instance norm
@@ -442,10 +500,10 @@ def instance_norm_forward(
     checks.check_given_stats(
         use_input_stats, running_mean, running_var, "use_input_stats", "instance_norm"
     )
+    eps, weight, bias, given = _channel_args(
+        x, weight, bias, running_mean, running_var, use_input_stats, eps, "instance_norm"
+    )
     cshape = _channel_shape(x)
-    given = None
-    if not use_input_stats:
-        given = (np.reshape(running_mean, cshape), np.reshape(running_var, cshape))
     return _normalize_forward(
         x,
         stat_shape=x.shape,
@@ -460,4 +518,4 @@ def instance_norm_forward(
 
 def instance_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
     """Gradients of :func:`instance_norm_forward`."""
-    return _normalize_backward(dy, cache)
+    return _normalize_backward(dy, cache, "instance_norm_backward")

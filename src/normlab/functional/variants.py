@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from normlab.backend import check_float_array, compute_dtype
+from normlab.functional import checks
 from normlab.functional.checks import check_gradient
 from normlab.functional.norm import (
     NormGrads,
@@ -195,6 +196,13 @@ def batch_renorm_forward(
     x = check_float_array(x, "batch_renorm")
     if not isinstance(clipping, RenormClipping):
         raise TypeError(f"batch_renorm: clipping must be a RenormClipping, got {clipping!r}")
+    eps = checks.check_eps(eps, "batch_renorm")
+    checks.check_min_rank(x, 2, "(N, C, *)", "batch_renorm")
+    c = x.shape[1:2]
+    weight = checks.check_param(weight, c, "weight", "batch_renorm")
+    bias = checks.check_param(bias, c, "bias", "batch_renorm")
+    moving_mean = checks.check_statistic(moving_mean, c, "moving_mean", "batch_renorm")
+    moving_std = checks.check_statistic(moving_std, c, "moving_std", "batch_renorm")
     xhat, norm_cache = norm.forward(x, None, None, use_input_stats=True, eps=eps)
     ct = compute_dtype(x.dtype)
     xhat = xhat.astype(ct, copy=False)
@@ -285,6 +293,7 @@ def ghost_batch_norm_forward(
     statistics of ``x``, which is what the running averages are updated with (once per call).
     """
     x = check_float_array(x, "ghost_batch_norm")
+    eps = checks.check_eps(eps, "ghost_batch_norm")
     v = virtual_batch_size
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"ghost_batch_norm: virtual_batch_size must be an int >= 1, got {v!r}")
@@ -359,6 +368,7 @@ def weight_standardization_forward(weight: np.ndarray, eps: float = 1e-5) -> tup
             "weight_standardization: expected a weight (C_out, C_in, *kernel) with more than one element "
             f"per output channel, got shape {weight.shape}"
         )
+    eps = checks.check_eps(eps, "weight_standardization")
     return layer_norm_forward(weight, tuple(weight.shape[1:]), None, None, eps)
 
 

@@ -120,11 +120,14 @@ def finish_stats(s1, s2, n, center):
 
 @helper()
 def inverse_std(var, eps):
-    """1 / sqrt(var + eps), defined as 0 where var + eps is not positive (constant input, eps=0; or NaN)."""
+    """1 / sqrt(var + eps): 0 where var + eps == 0 (constant input, eps=0); NaN where it is not finite (NaN
+    statistics or an overflowed variance), so the whole group's output is NaN, as in the reference."""
     denom = var + eps
-    if denom > 0.0:
+    if denom == 0.0:
+        return 0.0
+    if denom < np.inf:  # False for NaN as for inf
         return 1.0 / np.sqrt(denom)
-    return 0.0
+    return np.nan
 
 
 @helper()

@@ -89,10 +89,11 @@ def _blocks(rows: int) -> int:
 
 
 def _inverse_std(var64: np.ndarray, eps: float) -> np.ndarray:
-    """1 / sqrt(var + eps) in float64, 0 where var + eps is not positive (as the reference and the loops)."""
+    """1 / sqrt(var + eps) in float64: 0 where var + eps == 0, NaN where it is not finite (as the reference and
+    the loops)."""
     denom = var64 + eps
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denom > 0, 1.0 / np.sqrt(denom), 0.0)
+        return np.where(denom == 0, 0.0, np.where(np.isfinite(denom), 1.0 / np.sqrt(denom), np.nan))
 
 
 def _make_cache(

@@ -41,7 +41,7 @@ import numpy as np
 
 from normlab import functional as F
 from normlab import kernels
-from normlab.backend import FLOAT_DTYPES, as_param_dtype, check_float_array, is_grad_enabled
+from normlab.backend import FLOAT_DTYPES, check_float_array, is_grad_enabled
 from normlab.functional import checks
 from normlab.functional.norm import NormGrads
 from normlab.nn.module import Module, Parameter
@@ -64,28 +64,10 @@ def momentum_to_keras(momentum: float) -> float:
     return 1.0 - momentum
 
 
-def _check_eps(eps: Any, where: str) -> float:
-    if (
-        not isinstance(eps, numbers.Real)
-        or isinstance(eps, bool)
-        or not math.isfinite(eps)
-        or eps < 0
-    ):
-        raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
-
-
-def _check_positive_int(value: Any, name: str, where: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
-    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if not shape or any(not isinstance(n, numbers.Integral) or n < 1 for n in shape):
-        raise ValueError(f"{where}: normalized_shape must be positive integers, got {shape!r}")
-    return tuple(int(n) for n in shape)
+# constructor checks: the shared ones of normlab.functional.checks, named by the layer
+_check_eps = checks.check_eps
+_check_positive_int = checks.check_positive_int
+_check_shape = checks.normalized_shape_arg
 
 
 class _Normalization(Module):
@@ -109,6 +91,24 @@ class _Normalization(Module):
         if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:  # the common case: no label to format
             return x
         return check_float_array(x, self._label())
+
+    def _warn_nonfinite(self, var: np.ndarray, index_shape: tuple[int, ...], unit: str) -> None:
+        """The one policy for statistics taken from the input that are not finite (a NaN or inf in the input,
+        or a variance that overflows): the output of those groups is NaN (see ``functional.norm``), and a
+        ``RuntimeWarning`` names the layer and where.  ``var`` reshaped to ``index_shape`` indexes ``unit``."""
+        bad = ~np.isfinite(var)
+        if not bad.any():
+            return
+        where = [
+            tuple(i) if len(i) > 1 else int(i[0]) for i in np.argwhere(bad.reshape(index_shape))
+        ]
+        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+        warnings.warn(
+            f"{self._label()}: statistics are not finite (NaN or inf in the input, or a variance that "
+            f"overflows) in {unit} {where[:10]}{more}; the output there is NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _keep(self, cache: Any, backward: Callable[[np.ndarray, Any], NormGrads]) -> None:
         self._cache = cache if is_grad_enabled() else None
@@ -178,7 +178,7 @@ class _NormBase(_Normalization):
         self.running_var_estimator = running_var
         self.frozen = False  # set by freeze_batch_norm: eval-mode statistics whatever train() says
         self._deferred_stats: list[tuple[np.ndarray, np.ndarray, int]] | None = None
-        dt = as_param_dtype(dtype)
+        dt = checks.param_dtype(dtype, name)
         if self.affine:
             self.weight = Parameter(np.ones(num_features, dtype=dt))
             self.bias = Parameter(np.zeros(num_features, dtype=dt))
@@ -467,8 +467,12 @@ class _BatchNorm(_NormBase):
             use_input_stats=use_batch_stats,
             eps=self.eps,
         )
-        if self.training and self.track_running_stats:
+        if (
+            self.training and self.track_running_stats
+        ):  # the running update warns about bad statistics
             self._track(cache.mean.reshape(-1), cache.var.reshape(-1), count)
+        elif use_batch_stats:
+            self._warn_nonfinite(cache.var, (self.num_features,), "channel(s)")
         self._keep(cache, backward)
         return y
 
@@ -555,6 +559,8 @@ class _InstanceNorm(_NormBase):
             instance_mean = cache.mean.reshape(xb.shape[:2])
             instance_var = self._store_variance(cache.var.reshape(xb.shape[:2]), count)
             self._update_running_stats(instance_mean.mean(axis=0), instance_var.mean(axis=0))
+        if use_input_stats and xb.size > 0:
+            self._warn_nonfinite(cache.var, xb.shape[:2], "(sample, channel)")
         self._keep(cache, op.backward)
         self._unbatched = unbatched
         return y[0] if unbatched else y
@@ -611,7 +617,7 @@ class LayerNorm(_Normalization):
             )
         self.eps = _check_eps(eps, "LayerNorm")
         self.elementwise_affine = bool(elementwise_affine)
-        dt = as_param_dtype(dtype)
+        dt = checks.param_dtype(dtype, "LayerNorm")
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
         if self.elementwise_affine:
@@ -648,8 +654,14 @@ class LayerNorm(_Normalization):
             None if self.bias is None else self.bias.data,
             self.eps,
         )
+        self._warn_rows(x, cache)
         self._keep(cache, op.backward)
         return y
+
+    def _warn_rows(self, x: np.ndarray, cache: Any) -> None:
+        batch = x.shape[: x.ndim - len(self.normalized_shape)]
+        if x.size:
+            self._warn_nonfinite(cache.var, batch or (1,), "row(s)")
 
     def extra_repr(self) -> str:
         return (
@@ -676,8 +688,9 @@ class RMSNorm(_Normalization):
         self.normalized_shape = _check_shape(normalized_shape, "RMSNorm")
         self.eps = None if eps is None else _check_eps(eps, "RMSNorm")
         self.elementwise_affine = bool(elementwise_affine)
+        dt = checks.param_dtype(dtype, "RMSNorm")
         if self.elementwise_affine:
-            self.weight = Parameter(np.ones(self.normalized_shape, dtype=as_param_dtype(dtype)))
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype=dt))
         else:
             self.register_parameter("weight", None)
 
@@ -702,6 +715,7 @@ class RMSNorm(_Normalization):
         w = None if self.weight is None else self.weight.data
         op = kernels.resolve("rms_norm", x)
         y, cache = op.forward(x, self.normalized_shape, w, self.eps)
+        LayerNorm._warn_rows(self, x, cache)  # type: ignore[arg-type]
         self._keep(cache, op.backward)
         return y
 
@@ -735,7 +749,7 @@ class GroupNorm(_Normalization):
             )
         self.eps = _check_eps(eps, "GroupNorm")
         self.affine = bool(affine)
-        dt = as_param_dtype(dtype)
+        dt = checks.param_dtype(dtype, "GroupNorm")
         if self.affine:
             self.weight = Parameter(np.ones(num_channels, dtype=dt))
             self.bias = Parameter(np.zeros(num_channels, dtype=dt))
@@ -783,6 +797,8 @@ class GroupNorm(_Normalization):
             None if self.bias is None else self.bias.data,
             self.eps,
         )
+        if x.size:
+            self._warn_nonfinite(cache.var, (x.shape[0], self.num_groups), "(sample, group)")
         self._keep(cache, op.backward)
         return y
 
