@@ -18,9 +18,11 @@ Choices that differ from PyTorch, on purpose:
 
 * An **empty batch** returns an empty output and changes no buffer (PyTorch still counts it in
   ``num_batches_tracked``).
-* **Non-finite batch statistics** (NaN or inf in the input) propagate to the output, but the running
-  statistics are *not* updated from that batch and a ``RuntimeWarning`` names the layer and the channels:
-  one bad batch would otherwise poison every later evaluation, silently.
+* **Non-finite statistics** (a NaN or inf in the input, or a float64 variance that overflows, as values
+  near 1e200 give) make every output of their group NaN, in every layer and on every path (PyTorch gives
+  the bias for an overflowing variance, and 0 for the finite values of an RMS norm row holding an inf), and
+  a ``RuntimeWarning`` names the layer and the channels, rows or groups.  The running statistics are *not*
+  updated from such a batch: one bad batch would otherwise poison every later evaluation, silently.
 * **Degenerate normalizations raise**: training batch norm with one value per channel (PyTorch raises too),
   instance norm with one spatial value, group norm with one value per group, layer norm over a single value.
   Each would output ``bias`` whatever the input, which is always a bug in the model.
