@@ -162,3 +162,23 @@ def test_bad_input_is_rejected_with_the_op_name():
         K.batch_norm_backward(np.ones_like(x), ref_cache)
     with pytest.raises(TypeError, match="CuPy array"):
         K.batch_norm_forward([[1.0, 2.0]])
+
+
+def test_non_finite_statistics_make_their_whole_group_nan_as_the_reference():
+    """The NaN rule of every path: a NaN or inf among a group's values makes that group's output NaN (the
+    reference, the numba loops and these kernels); the other groups are untouched."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 4, 3, 5))
+    x[1, 2, 0, 0] = np.nan  # channel 2 for batch norm; row 1 for layer norm
+    y_bn, _ = K.batch_norm_forward(x, use_input_stats=True)
+    ref_bn, _ = F.batch_norm_forward(x, use_input_stats=True)
+    np.testing.assert_array_equal(np.isnan(np.asarray(y_bn)), np.isnan(ref_bn))
+    assert (
+        np.isnan(np.asarray(y_bn)[:, 2]).all()
+        and not np.isnan(np.asarray(y_bn)[:, [0, 1, 3]]).any()
+    )
+    x[0, 0, 0, 0] = np.inf
+    y_ln, _ = K.layer_norm_forward(x, (4, 3, 5))
+    ref_ln, _ = F.layer_norm_forward(x, (4, 3, 5))
+    np.testing.assert_array_equal(np.isnan(np.asarray(y_ln)), np.isnan(ref_ln))
+    assert np.isnan(np.asarray(y_ln)[:2]).all() and not np.isnan(np.asarray(y_ln)[2]).any()

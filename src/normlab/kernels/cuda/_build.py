@@ -46,6 +46,17 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
     T = threads
     TX, TY = tile_x, tile_y
 
+    @cuda.jit(device=True)
+    def _inverse_std(denom):
+        """1 / sqrt(var + eps), with the reference's rule: 0 where it is exactly 0 (a constant input with
+        eps = 0 gives the bias), NaN where it is not a finite positive number (NaN or inf statistics make
+        their whole group NaN)."""
+        if denom == 0:
+            return 0.0
+        if denom > 0 and denom < math.inf:
+            return 1.0 / math.sqrt(denom)
+        return math.nan
+
     # ------------------------------------------------------------------------------------- block reductions
     @cuda.jit(device=True)
     def block_sum2(sh_a, sh_b, a, b):
@@ -181,7 +192,7 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
         dm = a / count
         v = max(b / count - dm * dm, 0.0)
         denom = v + eps
-        r = 1.0 / math.sqrt(denom) if denom > 0 else 0.0
+        r = _inverse_std(denom)
         dmean[c] = dm
         var[c] = v
         rstd[c] = r
@@ -196,7 +207,7 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
         if c >= running_var.shape[0]:
             return
         denom = ACC(running_var[c]) + eps
-        r = 1.0 / math.sqrt(denom) if denom > 0 else 0.0
+        r = _inverse_std(denom)
         rstd[c] = r
         scale[c] = ACC(weight[c]) * r
         offset[c] = bias[c]
@@ -292,7 +303,7 @@ def kernels(compute: str, threads: int, tile_x: int, tile_y: int) -> SimpleNames
             dm = sa / d_len if center else 0.0
             v = max(sb / d_len - dm * dm, 0.0)
             denom = v + eps
-            rs = 1.0 / math.sqrt(denom) if denom > 0 else 0.0
+            rs = _inverse_std(denom)
             if cuda.threadIdx.x == 0:
                 shift[r] = sft
                 dmean[r] = dm

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from normlab.functional.checks import input_stats_flag
 from normlab.functional.norm import NormGrads, Shape
 from normlab.kernels.cuda import _device
 from normlab.kernels.cuda._build import kernels as _build_kernels
@@ -173,10 +174,12 @@ def batch_norm_forward(
     running_mean: Any = None,
     running_var: Any = None,
     *,
-    training: bool = True,
+    use_input_stats: bool | None = None,
     eps: float = 1e-5,
+    training: bool | None = None,
 ) -> tuple[Any, CudaNormCache]:
-    """Batch norm of (N, C, *spatial) ``x`` on the GPU; as :func:`normlab.functional.batch_norm_forward`.
+    """Batch norm of (N, C, *spatial) ``x`` on the GPU; as :func:`normlab.functional.batch_norm_forward`
+    (the same flag, ``use_input_stats=`` or PyTorch's ``training=``).
 
     NCHW-contiguous and channels-last inputs are both read in place; y has the input's layout.  The cache's
     ``mean``/``var`` (shape (1, C, 1...)) are what the caller averages into the running statistics (see
@@ -185,8 +188,9 @@ def batch_norm_forward(
     xp = _check_input(x, "batch_norm")
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input of shape (N, C, *), got shape {x.shape}")
+    training, flag = input_stats_flag(use_input_stats, training, "batch_norm")
     if not training and (running_mean is None or running_var is None):
-        raise ValueError("batch_norm: training=False needs running_mean and running_var")
+        raise ValueError(f"batch_norm: {flag}=False needs running_mean and running_var")
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
     ct = _device.compute_dtype(x.dtype)
