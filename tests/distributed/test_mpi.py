@@ -171,7 +171,8 @@ def test_a_rank_that_leaves_early_ends_every_rank(mpiexec: str, tmp_path: Path) 
     assert done.returncode != 0
     assert seconds < 60  # without the exit handshake: the 300 s timeout
     assert "rank 1 ended the program while other ranks still called collectives" in done.stderr
-    assert "rank(s) [1] ended the program while rank 0 waited in collective" in done.stderr
+    # (rank 0's own line, "rank(s) [1] ended the program while rank 0 waited ...", is not asserted: mpiexec
+    # may end rank 0 before it prints, depending on scheduling; the line above already names the rank)
     _loadable(tmp_path, 1)
     print(f"exit: every rank ended in {seconds:.1f} s, exit status {done.returncode}")
 
