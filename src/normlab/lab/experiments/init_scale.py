@@ -38,7 +38,8 @@ FULL = {
     "eps": 1e-6,  # the source's BatchNormalization eps (normlab's default: 1e-5)
     "eps_sweep": [1e-3, 1e-5, 1e-6, 1e-8],  # BN networks trained again at every scale with these
 }
-QUICK = FULL | {"weight_scales": np.logspace(0, -4, 16)[::2].tolist()}
+# quick (what `normlab demo` runs): one sweep eps, the largest, where the effect of eps shows first
+QUICK = FULL | {"weight_scales": np.logspace(0, -4, 16)[::2].tolist(), "eps_sweep": [1e-3]}
 TINY = FULL | {
     "train_images": 200,
     "weight_scales": [1.0, 0.01],
