@@ -9,6 +9,7 @@ validation accuracy.
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import ticker
 
 from normlab import nn, optim
 from normlab.config import mlp
@@ -175,6 +176,9 @@ def _plot(ctx: RunContext, histories, thresholds):
     for t in thresholds:
         ax_acc.axhline(t, color="gray", linewidth=0.8, linestyle=":")
     ax_loss.set(xlabel="step", ylabel="training loss (moving average)", yscale="log")
+    # plain numbers on the log axis (matplotlib writes a short range's ticks as 2.4 x 10^0)
+    ax_loss.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax_loss.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     # the y range holds every point, the step-0 accuracy (about chance) included
     shown = [a for h in histories.values() for a in h["val_accs"]]
     ax_acc.set(xlabel="step", ylabel="validation accuracy", ylim=accuracy_axis(shown))
