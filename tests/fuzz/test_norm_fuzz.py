@@ -53,7 +53,6 @@ def _settings(share: float) -> settings:
         max_examples=max(1, int(_BASE * share)),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        derandomize=False,
     )
 
 
@@ -444,8 +443,9 @@ def test_layer_is_right_or_refuses(kind, x, training, path):
     assert y.shape == x.shape and y.dtype == x.dtype
     finite = np.isfinite(x.astype(np.float64)).all()
     if not finite and y.size:
-        # a non-finite input gives NaN somewhere; a warning names the layer when statistics were taken from it
-        assert np.isnan(y).any()
+        # a non-finite input is not hidden: it reaches the output (as inf through an eval BN's affine map, as
+        # NaN through batch statistics); a warning names the layer when statistics were taken from it
+        assert not np.isfinite(y.astype(np.float64)).all()
         uses_stats = training or kind in ("LayerNorm", "GroupNorm", "RMSNorm")
         if uses_stats:
             assert any(label in str(w.message) for w in caught), f"no warning naming {label}"
