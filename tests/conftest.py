@@ -9,5 +9,7 @@ import os
 
 from hypothesis import settings
 
-settings.register_profile("normlab", derandomize=os.environ.get("NORMLAB_FUZZ_RANDOM") != "1", database=None)
+settings.register_profile(
+    "normlab", derandomize=os.environ.get("NORMLAB_FUZZ_RANDOM") != "1", database=None
+)
 settings.load_profile("normlab")

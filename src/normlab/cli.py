@@ -89,12 +89,15 @@ def _run_lab(
     as_json: bool,
     title: str,
 ) -> int:
-    from normlab.lab import UnknownExperimentError, resolve_names, run_experiments
+    from normlab.lab import REGISTRY, UnknownExperimentError, resolve_names, run_experiments
+    from normlab.lab.base import check_data
     from normlab.lab.runner import default_out_dir
 
     try:
         names = resolve_names(names)
-    except UnknownExperimentError as e:
+        for name in names:
+            check_data(REGISTRY[name], data)
+    except (UnknownExperimentError, ValueError) as e:
         raise CLIError(str(e), EXIT_USAGE) from None
     out_dir = Path(out) if out else default_out_dir()
     update, status = _progress()
@@ -549,9 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab_run.add_argument("--out", metavar="DIR", help="run directory (default runs/<date-time>)")
     lab_run.add_argument(
         "--data",
-        choices=["sample", "full"],
+        choices=["sample", "full", "cifar10", "fashion-mnist"],
         default="sample",
-        help="MNIST: the bundled sample (default) or the full set (after `normlab data download mnist`)",
+        help="MNIST: the bundled sample (default) or the full set (after `normlab data download mnist`); "
+        "cifar10 / fashion-mnist (after `normlab data download NAME`) for the experiments that train on "
+        "images: cnn-trio, batch-size, lenet-bn",
     )
     lab_run.add_argument("--json", action="store_true", help="print the results as JSON")
     lab_run.set_defaults(func=_cmd_lab_run)

@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 
 MODES = ("tiny", "quick", "full")
+# what ``--data`` may name: MNIST (the bundled sample or the full download) for every experiment; the two
+# downloaded color/clothing sets for the experiments that train on images (``Experiment.data``)
+MNIST_DATA = ("sample", "full")
+DATA_SOURCES = (*MNIST_DATA, "cifar10", "fashion-mnist")
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold here"
 
@@ -58,26 +62,46 @@ class Experiment:
     source: str
     configs: Mapping[str, Mapping[str, Any]]  # mode -> hyperparameters
     run: Callable[[RunContext], Result]
+    data: tuple[str, ...] = MNIST_DATA  # the data sources it runs on (see DATA_SOURCES)
 
 
 REGISTRY: dict[str, Experiment] = {}
 
 
 def register(
-    name: str, *, claim: str, source: str, configs: Mapping[str, Mapping[str, Any]]
+    name: str,
+    *,
+    claim: str,
+    source: str,
+    configs: Mapping[str, Mapping[str, Any]],
+    data: Sequence[str] = MNIST_DATA,
 ) -> Callable[[Callable[[RunContext], Result]], Callable[[RunContext], Result]]:
-    """Decorator: register ``run`` as the experiment ``name`` with a config per mode."""
+    """Decorator: register ``run`` as the experiment ``name`` with a config per mode and the data sources it
+    runs on."""
     missing = [m for m in MODES if m not in configs]
     if missing:
         raise ValueError(f"experiment {name!r} has no config for mode(s) {missing}")
+    unknown = [d for d in data if d not in DATA_SOURCES]
+    if unknown:
+        raise ValueError(f"experiment {name!r}: unknown data source(s) {unknown}")
 
     def decorate(run: Callable[[RunContext], Result]) -> Callable[[RunContext], Result]:
         if name in REGISTRY:
             raise ValueError(f"experiment {name!r} is registered twice")
-        REGISTRY[name] = Experiment(name, claim, source, configs, run)
+        REGISTRY[name] = Experiment(name, claim, source, configs, run, tuple(data))
         return run
 
     return decorate
+
+
+def check_data(experiment: Experiment, data: str) -> None:
+    """Refuse a data source ``experiment`` does not run on, naming the ones it does."""
+    if data not in experiment.data:
+        runs_on = ", ".join(repr(d) for d in experiment.data)
+        raise ValueError(
+            f"lab {experiment.name}: data must be one of {runs_on}, got {data!r}"
+            + ("" if data in DATA_SOURCES else f" (known data sources: {', '.join(DATA_SOURCES)})")
+        )
 
 
 def _jsonable(value: Any) -> Any:
@@ -104,7 +128,8 @@ class RunContext:
     """Where an experiment writes: ``out_dir`` (created), its config, metrics and figures.
 
     ``config`` is the experiment's hyperparameters for ``mode``; ``data`` is ``"sample"`` (the bundled MNIST
-    test split) or ``"full"`` (the downloaded MNIST); ``seed`` seeds every generator the experiment makes.
+    test split), ``"full"`` (the downloaded MNIST), or, for an experiment that trains on images,
+    ``"cifar10"`` / ``"fashion-mnist"`` (downloaded); ``seed`` seeds every generator the experiment makes.
     """
 
     def __init__(
@@ -119,8 +144,7 @@ class RunContext:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if data not in ("sample", "full"):
-            raise ValueError(f"data must be 'sample' or 'full', got {data!r}")
+        check_data(experiment, data)
         self.experiment = experiment
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)

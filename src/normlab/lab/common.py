@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,12 +22,23 @@ from normlab.optim import Optimizer
 
 @dataclass
 class MnistData:
-    """MNIST as flat float32 vectors in [0, 1] (``x``: (N, 784)) or images (N, 1, 28, 28)."""
+    """MNIST as flat float32 vectors in [0, 1] (``x``: (N, 784)) or images (N, 1, 28, 28); from
+    :func:`images`, also Fashion-MNIST (N, 1, 28, 28) or CIFAR-10 (N, 3, 32, 32)."""
 
     train: Labeled
     val: Labeled
     test: Labeled
     source: str  # a sentence for the report: which data this is
+    name: str = "MNIST"  # the data set's name, for notes and titles
+    class_names: tuple[str, ...] = tuple(str(d) for d in range(10))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image (for images; flat vectors have no image shape)."""
+        if self.train.x.ndim != 4:
+            raise ValueError(f"{self.name}: flat vectors have no image shape")
+        c, h, w = self.train.x.shape[1:]
+        return c, h, w
 
 
 def mnist(ctx: RunContext, *, images: bool = False) -> MnistData:
@@ -45,6 +57,54 @@ def mnist(ctx: RunContext, *, images: bool = False) -> MnistData:
         else "full MNIST (50,000 train / 10,000 validation / 10,000 test images)"
     )
     return MnistData(prepare(splits.train), prepare(splits.val), prepare(splits.test), source)
+
+
+# the report's wording of each downloaded image set (``normlab data download NAME``)
+_IMAGE_SETS = {
+    "cifar10": "CIFAR-10 (40,000 train / 10,000 validation / 10,000 test 32 x 32 RGB images, 10 classes)",
+    "fashion-mnist": "Fashion-MNIST (50,000 train / 10,000 validation / 10,000 test 28 x 28 grayscale "
+    "images of clothing, 10 classes)",
+}
+
+
+def images(ctx: RunContext) -> MnistData:
+    """The images for ``ctx.data``, float32 NCHW in [0, 1]: MNIST (``sample``/``full``, as :func:`mnist` with
+    ``images=True``), or the downloaded Fashion-MNIST / CIFAR-10 (``normlab data download NAME``; a missing or
+    corrupt file is a ``DataError`` that says so)."""
+    if ctx.data not in _IMAGE_SETS:
+        return mnist(ctx, images=True)
+    from normlab.data.color_datasets import REMOTES, load_named
+
+    splits = load_named(ctx.data, "full")
+
+    def prepare(part: Labeled) -> Labeled:
+        x = scale_01(part.x)
+        return Labeled(np.ascontiguousarray(x if x.ndim == 4 else x[:, None]), part.y)
+
+    remote = REMOTES[ctx.data]
+    return MnistData(
+        prepare(splits.train),
+        prepare(splits.val),
+        prepare(splits.test),
+        _IMAGE_SETS[ctx.data],
+        name=remote.name,
+        class_names=tuple(remote.class_names),
+    )
+
+
+def sample_grid(ctx: RunContext, data: MnistData, per_class: int = 2) -> Path:
+    """A PNG of the first ``per_class`` training images of each class with their labels (``samples.png``),
+    so that the report shows what the experiment trained on."""
+    from normlab.data.show import write_grid
+
+    labels = data.train.y
+    chosen = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:per_class]]
+    pixels = np.round(np.asarray(data.train.x[chosen]) * 255).astype(np.uint8)
+    names = [data.class_names[int(labels[i])] for i in chosen]
+    title = f"{data.name}: training images"
+    return write_grid(
+        pixels, names, ctx.out_dir / "samples.png", title=title, columns=2 * per_class * 5
+    )
 
 
 def first(part: Labeled, count: int | None) -> Labeled:

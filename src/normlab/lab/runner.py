@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from normlab import kernels
-from normlab.lab.base import REGISTRY, Result, RunContext, write_json
+from normlab.lab.base import REGISTRY, Result, RunContext, check_data, write_json
 from normlab.lab.report import report_html, section_html, summary_paragraph
 from normlab.system import machine_description
 
@@ -87,6 +87,8 @@ def run_experiments(
     from normlab.version import __version__
 
     names = resolve_names(names)
+    for name in names:  # every experiment must run on ``data`` before any starts
+        check_data(REGISTRY[name], data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

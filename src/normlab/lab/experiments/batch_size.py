@@ -34,7 +34,15 @@ from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.functional import RenormClipping
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import Measure, first, is_finite_loss, mnist, model_accuracy, train_model
+from normlab.lab.common import (
+    Measure,
+    first,
+    images,
+    is_finite_loss,
+    model_accuracy,
+    sample_grid,
+    train_model,
+)
 
 FULL = {
     "channels": [8, 16],
@@ -104,10 +112,11 @@ PUBLISHED_ERROR = {
     claim="Batch norm degrades at small batch sizes; group norm does not.",
     source="Wu & He, Group Normalization (ECCV 2018), fig. 1 and table 2",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    data=("sample", "full", "cifar10", "fashion-mnist"),
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
-    data = mnist(ctx, images=True)
+    data = images(ctx)
     x, y = first(data.train, cfg["train_images"])
     x_val, y_val = first(data.val, cfg["val_images"])
 
@@ -130,9 +139,10 @@ def run(ctx: RunContext) -> Result:
                         cfg["groups"],
                         rng=ctx.rng(1),
                         ghost_batch=cfg["ghost_batch"],
+                        image_shape=data.image_shape,
                     )
                 else:
-                    model = small_mlp(norm, cfg, rng=ctx.rng(2))
+                    model = small_mlp(norm, cfg, rng=ctx.rng(2), n_inputs=x_flat.shape[1])
                 outcome = train(model, xs, y, batch_size, lr, cfg, seed=ctx.seed)
                 val_error = (
                     CHANCE_ERROR if outcome["diverged"] else 1.0 - model_accuracy(model, xvs, y_val)
@@ -185,8 +195,8 @@ def run(ctx: RunContext) -> Result:
         measured=measured,
         verdict=verdict(holds),
         tables=tables,
-        figures=[_plot(ctx, errors, batch_sizes)],
-        notes=_notes(cfg, data.source, len(y), len(y_val), diverged),
+        figures=[_plot(ctx, errors, batch_sizes), sample_grid(ctx, data)],
+        notes=_notes(cfg, data, len(y), len(y_val), diverged),
         summary={
             "verdict_by_track": {t: verdict(h) for t, (h, _) in decisions.items()},
             "val_error": {
@@ -253,10 +263,11 @@ def norm_layer(kind: str, channels: int, groups: int, ghost_batch: int = 2) -> n
     raise ValueError(f"batch-size: unknown normalizer {kind!r}")
 
 
-def small_mlp(norm: str, cfg, *, rng: np.random.Generator) -> nn.Sequential:
-    """784 -> hidden -> 10 with Linear -> norm (BatchNorm1d family, GroupNorm over features) -> ReLU."""
+def small_mlp(norm: str, cfg, *, rng: np.random.Generator, n_inputs: int = 784) -> nn.Sequential:
+    """n_inputs (784 for MNIST) -> hidden -> 10 with Linear -> norm (BatchNorm1d family, GroupNorm over
+    features) -> ReLU."""
     layers: list[nn.Module] = []
-    for n_in, n_out in itertools.pairwise([784, *cfg["hidden"]]):
+    for n_in, n_out in itertools.pairwise([n_inputs, *cfg["hidden"]]):
         layers.append(nn.Linear(n_in, n_out, rng=rng))
         if norm == "bn":
             layers.append(nn.BatchNorm1d(n_out))
@@ -278,12 +289,18 @@ def small_mlp(norm: str, cfg, *, rng: np.random.Generator) -> nn.Sequential:
 
 
 def small_cnn(
-    norm: str, channels: list[int], groups: int, *, rng: np.random.Generator, ghost_batch: int = 2
+    norm: str,
+    channels: list[int],
+    groups: int,
+    *,
+    rng: np.random.Generator,
+    ghost_batch: int = 2,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
 ) -> nn.Sequential:
-    """conv3x3 -> norm -> ReLU -> maxpool, twice, then a linear classifier, for 28 x 28 images (WSConv2d
-    for ``"gn-ws"``)."""
+    """conv3x3 -> norm -> ReLU -> maxpool per entry of ``channels``, then a linear classifier, for
+    ``image_shape`` (C, H, W) images, MNIST's 1 x 28 x 28 by default (WSConv2d for ``"gn-ws"``)."""
     layers: list[nn.Module] = []
-    in_channels = 1
+    in_channels, height, width = image_shape
     conv = nn.WSConv2d if norm == "gn-ws" else nn.Conv2d
     for out_channels in channels:
         layers.append(conv(in_channels, out_channels, 3, padding=1, rng=rng))
@@ -292,8 +309,9 @@ def small_cnn(
             layers.append(normalizer)
         layers += [nn.ReLU(), nn.MaxPool2d(2)]
         in_channels = out_channels
-    side = 28 // 2 ** len(channels)
-    layers += [nn.Flatten(), nn.Linear(in_channels * side * side, 10, rng=rng)]
+    shrink = 2 ** len(channels)
+    features = in_channels * (height // shrink) * (width // shrink)
+    layers += [nn.Flatten(), nn.Linear(features, 10, rng=rng)]
     return nn.Sequential(*layers)
 
 
@@ -327,10 +345,11 @@ def train(
     }
 
 
-def _notes(cfg, source: str, n_train: int, n_val: int, diverged: list[str]) -> list[str]:
+def _notes(cfg, data, n_train: int, n_val: int, diverged: list[str]) -> list[str]:
     channels = " -> ".join(str(c) for c in cfg["channels"])
+    c, h, w = data.image_shape
     notes = [
-        f"Data: {n_train} training and {n_val} validation images of the {source}.",
+        f"Data: {n_train} training and {n_val} validation images of the {data.source}.",
         "Wu & He's setup (ResNet-50, ImageNet, 8 GPUs, 100 epochs) is out of reach offline; the model here "
         f"is our choice: two conv3x3 -> norm -> ReLU -> maxpool 2 blocks with {channels} channels, then "
         "a linear classifier.",
@@ -342,14 +361,16 @@ def _notes(cfg, source: str, n_train: int, n_val: int, diverged: list[str]) -> l
         "Published reference (Wu & He 2018, table 2, ResNet-50 ImageNet top-1 error at 32/16/8/4/2 images "
         "per GPU): BN 23.6/23.7/24.8/27.3/34.7 %, GN 24.1/24.2/24.0/24.2/24.1 %.",
         "Validation error is measured in eval mode: BN uses its running statistics.",
-        f"MLP track: 784 -> {' -> '.join(map(str, cfg['hidden']))} -> 10, Linear -> norm -> ReLU; BatchNorm1d's "
+        f"MLP track: {c * h * w} -> {' -> '.join(map(str, cfg['hidden']))} -> 10, Linear -> norm -> ReLU; "
+        "BatchNorm1d's "
         "statistics are over the batch's N samples only; GroupNorm there groups the features of a sample.",
         "Batch Renorm uses fixed limits r_max 3, d_max 5 (Ioffe's final values; his 5k-step warm-up is longer "
         f"than our runs); Ghost BN normalizes chunks of {cfg['ghost_batch']} samples at every batch size; "
         "GroupNorm + WS uses WSConv2d (CNN only).",
         "The tiny-mode metrics of this experiment changed with the two-track design (issue 12).",
-        "BN's statistics at batch size N are over N x H x W values per channel: N x 784 after the first "
-        "convolution and N x 196 after the second here, against N x 49 in ResNet-50's last stage.",
+        "BN's statistics at batch size N are over N x H x W values per channel: "
+        f"N x {h * w} after the first convolution and N x {(h // 2) * (w // 2)} after the second here, "
+        "against N x 49 in ResNet-50's last stage.",
     ]
     if diverged:
         notes.append(

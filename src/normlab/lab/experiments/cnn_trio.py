@@ -11,8 +11,9 @@ helps in particular models and data sets but not in all cases:
 
 The tutorial only shows the models with BN.  To test the claim we train each model with and without the
 input BN (same initial weights) and compare their final validation accuracy.  Offline we use MNIST
-(28 x 28, one channel, ten classes), so the pooling of the wide model and the depth of the deep one are
-scaled to the smaller image (see the notes).
+(28 x 28, one channel, ten classes); ``--data cifar10`` (32 x 32 RGB) or ``fashion-mnist`` run it on those
+once downloaded.  The pooling of the wide model and the depth of the deep one are scaled to the smaller
+image (see the notes).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from normlab.lab.common import (
     Measure,
     correct_predictions,
     first,
+    images,
     is_finite_loss,
-    mnist,
     model_accuracy,
+    sample_grid,
     train_model,
 )
 
@@ -64,10 +66,11 @@ TINY = FULL | {"epochs": 1, "train_images": 50, "val_images": 100}
     claim="Batch norm on the input helps some models and not others.",
     source="seed 001 (Keras tutorial: logistic regression, wide and deep CNN with BatchNormalization)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    data=("sample", "full", "cifar10", "fashion-mnist"),
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
-    data = mnist(ctx, images=True)
+    data = images(ctx)
     x, y = first(data.train, cfg["train_images"])
     x_val, y_val = first(data.val, cfg["val_images"])
 
@@ -78,7 +81,7 @@ def run(ctx: RunContext) -> Result:
         for input_bn in (False, True):
             ctx.log(f"cnn-trio: {MODEL_NAMES[kind]}, input BN {'on' if input_bn else 'off'}")
             # the same initial weights with and without BN: only the input BN differs
-            model = build_model(kind, input_bn, cfg, rng=ctx.rng(i))
+            model = build_model(kind, input_bn, cfg, rng=ctx.rng(i), image_shape=data.image_shape)
             epochs = train(model, x, y, x_val, y_val, cfg["lr"][kind], cfg, seed=ctx.seed)
             histories[(kind, input_bn)] = [e["val_accuracy"] for e in epochs]
             if epochs[-1]["diverged"]:
@@ -114,8 +117,8 @@ def run(ctx: RunContext) -> Result:
         measured=measured,
         verdict=verdict(holds),
         tables=[table],
-        figures=[_plot(ctx, histories)],
-        notes=_notes(cfg, data.source, len(y), len(y_val), diverged),
+        figures=[_plot(ctx, histories), sample_grid(ctx, data)],
+        notes=_notes(cfg, data, len(y), len(y_val), diverged),
         summary={
             "final_val_accuracy": {
                 f"{kind} {'bn' if bn else 'plain'}": acc for (kind, bn), acc in final.items()
@@ -162,27 +165,38 @@ class PadBottomRight(nn.CachedLayer):
         return np.ascontiguousarray(dy[:, :, :-1, :-1])
 
 
-def build_model(kind: str, input_bn: bool, cfg, *, rng: np.random.Generator) -> nn.Sequential:
-    """One of the three models for 28 x 28 one-channel images, with Keras's default initialization
-    (Glorot uniform weights, zero biases) and, if ``input_bn``, Keras's BatchNormalization on the input."""
+def build_model(
+    kind: str,
+    input_bn: bool,
+    cfg,
+    *,
+    rng: np.random.Generator,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
+) -> nn.Sequential:
+    """One of the three models for square ``image_shape`` (C, H, W) images (MNIST's 1 x 28 x 28 by default;
+    CIFAR-10's 3 x 32 x 32), with Keras's default initialization (Glorot uniform weights, zero biases) and, if
+    ``input_bn``, Keras's BatchNormalization on the input."""
+    in_channels, height, width = image_shape
+    if height != width:
+        raise ValueError(f"cnn-trio: image_shape must be square, got {image_shape}")
     layers: list[nn.Module] = []
     if input_bn:
         momentum = nn.momentum_from_keras(cfg["bn_momentum_keras"])
-        layers.append(nn.BatchNorm2d(1, eps=cfg["bn_eps"], momentum=momentum))
+        layers.append(nn.BatchNorm2d(in_channels, eps=cfg["bn_eps"], momentum=momentum))
     if kind == "logistic":
-        layers += [nn.Flatten(), nn.Linear(28 * 28, 10, rng=rng)]
+        layers += [nn.Flatten(), nn.Linear(in_channels * height * width, 10, rng=rng)]
     elif kind == "wide":
         k, pool = cfg["wide_kernel"], cfg["wide_pool"]
-        side = (28 - k + 1) // pool
+        side = (height - k + 1) // pool
         layers += [
-            nn.Conv2d(1, cfg["wide_filters"], k, rng=rng),
+            nn.Conv2d(in_channels, cfg["wide_filters"], k, rng=rng),
             nn.ReLU(),
             nn.MaxPool2d(pool),
             nn.Flatten(),
             nn.Linear(cfg["wide_filters"] * side * side, 10, rng=rng),
         ]
     elif kind == "deep":
-        channels, side = 1, 28
+        channels, side = in_channels, height
         for _ in range(cfg["deep_blocks"]):
             layers += [
                 PadBottomRight(),
@@ -245,21 +259,25 @@ def train(model, x, y, x_val, y_val, lr: float, cfg, seed: int) -> list[dict]:
     return epochs
 
 
-def _notes(cfg, source: str, n_train: int, n_val: int, diverged: list[str]) -> list[str]:
+def _notes(cfg, data, n_train: int, n_val: int, diverged: list[str]) -> list[str]:
+    _, side, _ = data.image_shape
+    pooled = (side - cfg["wide_kernel"] + 1) // cfg["wide_pool"]
     notes = [
-        f"Offline: MNIST instead of the tutorial's Kaggle cats-vs-dogs images (224 x 224 x 3, 2 classes): "
-        f"{n_train} training and {n_val} validation images of the {source}; 10-way softmax.",
+        f"{data.name} instead of the tutorial's Kaggle cats-vs-dogs images (224 x 224 x 3, 2 classes): "
+        f"{n_train} training and {n_val} validation images of the {data.source}; 10-way softmax.",
         "The tutorial only trains the models with BN; the comparison without BN (same initial weights) is "
         "ours, since the claim is about where BN helps.",
         f"Wide model: the tutorial's 16 x 16 max pooling turns its 223 x 223 convolution output into "
-        f"13 x 13; here a {cfg['wide_pool']} x {cfg['wide_pool']} pooling turns 27 x 27 into 13 x 13 "
-        "(16 x 16 would leave a single position).",
+        f"13 x 13; here a {cfg['wide_pool']} x {cfg['wide_pool']} pooling turns "
+        f"{side - cfg['wide_kernel'] + 1} x {side - cfg['wide_kernel'] + 1} into {pooled} x {pooled} "
+        "(16 x 16 would leave one or two positions).",
         f"Deep model: the tutorial's 7 blocks take 224 x 224 down to 1 x 1; {cfg['deep_blocks']} blocks "
-        "take 28 x 28 down to 1 x 1 (a fifth pooling would have nothing to pool).",
+        f"take {side} x {side} down to {side // 2 ** cfg['deep_blocks']} x {side // 2 ** cfg['deep_blocks']} "
+        "(a fifth pooling would have (almost) nothing to pool).",
         "Keras's padding='same' with the even 2 x 2 kernel pads one row and column at the bottom and right "
         "only; we do exactly that (zero-pad bottom/right, then a 2 x 2 convolution without padding), so "
         "every block keeps its input size before pooling.",
-        f"{cfg['epochs']} epochs instead of the tutorial's 200 (MNIST models converge within a few epochs, "
+        f"{cfg['epochs']} epochs instead of the tutorial's 200 (these models converge within a few epochs, "
         "and 200 epochs of the NumPy convolution would take hours); batch 10 as the tutorial's generators.",
         f"Keras defaults kept: BatchNormalization momentum {cfg['bn_momentum_keras']} (normlab momentum "
         f"{nn.momentum_from_keras(cfg['bn_momentum_keras']):g}) and eps {cfg['bn_eps']:g}; Adam eps "
