@@ -335,6 +335,6 @@ plt.show()
 #
 # **Summary.** A `BatchNorm1d(n)` adds $2n$ trainable parameters and $2n + 1$ buffers; a bias right before it
 # is redundant. In this small MLP with plain SGD at a small learning rate it turns a network that barely
-# trains in 240 steps into one that does. `eps` matters only for features whose variance is comparable to it; `momentum` matters only in
-# evaluation mode, which is why a wrong one goes unnoticed during training. LN, IN and GN normalize over
-# other axes, never across samples.
+# trains in 240 steps into one that does. `eps` matters only for features whose variance is comparable to
+# it; `momentum` matters only in evaluation mode, which is why a wrong one goes unnoticed during training.
+# LN, IN and GN normalize over other axes, never across samples.

@@ -62,7 +62,7 @@ for ax, img, name in zip(axes.flat, pixels, names, strict=True):
     ax.imshow(img.transpose(1, 2, 0))  # (C, H, W) -> (H, W, C)
     ax.set_title(name, fontsize=9)
     ax.set_axis_off()
-fig.suptitle(title, fontsize=10)
+fig.suptitle(title.replace(str(root), "shapes"), fontsize=10)  # the folder lives in a temp dir
 plt.show()
 
 # %% [markdown]
