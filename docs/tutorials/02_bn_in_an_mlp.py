@@ -129,6 +129,7 @@ for name, h in histories.items():
     print(f"{name:5s} validation accuracy per epoch:", [round(a, 3) for a in h["val_accuracy"]])
 acc_plain, acc_bn = histories["plain"]["val_accuracy"][-1], histories["BN"]["val_accuracy"][-1]
 assert acc_bn > acc_plain + 0.2
+assert histories["plain"]["loss"][-1] > 2.0 and histories["BN"]["val_accuracy"][0] > 0.5
 
 # %% [markdown]
 # At this small learning rate the plain network has barely started (its loss is still close to

@@ -51,6 +51,7 @@
 # %%
 # %matplotlib inline
 import itertools
+import json
 import tempfile
 from pathlib import Path
 
@@ -109,14 +110,14 @@ print("\nfinal test accuracy:", {k: round(v["test_accuracy"], 3) for k, v in fin
 assert max(v["test_accuracy"] for v in final.values()) < 0.6  # tiny: barely trained, as said above
 
 
-def run_with(name, **changes):
-    ctx = RunContext(REGISTRY[name], out_dir / f"{name}-custom-{len(changes)}", mode="tiny", seed=0)
+def run_with(name, tag, **changes):
+    ctx = RunContext(REGISTRY[name], out_dir / tag, mode="tiny", seed=0)
     ctx.config.update(changes)
     with np.errstate(over="ignore", invalid="ignore"):
         return REGISTRY[name].run(ctx)
 
 
-ics_runs = {n: run_with("ics", train_images=n, measure_every=5) for n in (1600, 3200)}
+ics_runs = {n: run_with("ics", f"ics-{n}", train_images=n, measure_every=5) for n in (1600, 3200)}
 for n, r in ics_runs.items():
     acc = {k: round(v["test_accuracy"], 3) for k, v in r.summary["final"].items()}
     move = {k: round(v, 3) for k, v in r.summary["median_movement"].items()}
@@ -153,10 +154,20 @@ for n, r in ics_runs.items():
 # %%
 landscape = results["landscape"]
 show_table(landscape.tables[0])
-wide = run_with("landscape", train_images=6000, probe_every=10)
+wide = run_with("landscape", "landscape-6000", train_images=6000, probe_every=10)
 print(f"\nlarger run (one epoch on 6000 images, a probe every 10 steps): '{wide.verdict}'")
 show_table(wide.tables[0])
 show_figures(wide.figures)
+
+# the gradient norm at each probe point, from the probes the experiment saved
+for tag in ("landscape", "landscape-6000"):
+    probes = json.loads((out_dir / tag / "probes.json").read_text())
+    norms = {
+        v: float(np.median([p["grad_norm"] for p in probes if p["variant"] == v]))
+        for v in ("plain", "bn")
+    }
+    print(f"{tag}: median gradient norm, standard {norms['plain']:.3f}, BN {norms['bn']:.3f}")
+    assert norms["plain"] < norms["bn"] / 3
 
 # %% [markdown]
 # Here the lab does **not** reproduce the paper's figure: in both runs all three medians are larger with BN.
@@ -164,10 +175,10 @@ show_figures(wide.figures)
 #
 # * The setting is not the paper's (a three-layer MLP on MNIST, not VGG on CIFAR-10, and short runs near the
 #   start of training), and smoothness is a property of a network *and* of where in weight space it is.
-# * The plain network's gradient is much smaller at the start (its loss barely moves in these runs, which
-#   is also why it trains slowly), so along its gradient direction the loss changes little; small variation
-#   partly reflects a network that is not moving. The $\beta$ column divides by the step length
-#   $\lVert \eta g \rVert$ to correct for that, and is still larger with BN here.
+# * The plain network's gradient is much smaller (the median gradient norms printed above), which is also
+#   why its loss falls slowly in these runs (first panel); so along its gradient the loss changes little,
+#   and a small variation partly reflects a network that is hardly moving. The $\beta$ column divides
+#   by the step length $\lVert \eta g \rVert$ to correct for that, and is still larger with BN here.
 # * With BN, the loss is unchanged when the weights feeding a BN layer are scaled, so the gradient is
 #   orthogonal to those weights and the same step size $\eta$ moves the network differently than without
 #   BN; comparing at equal $\eta$ is itself a choice.

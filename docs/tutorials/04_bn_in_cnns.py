@@ -151,7 +151,8 @@ deep_plain_losses = runs[(6, False)][1]["loss"]
 assert (
     max(runs[(6, False)][1]["val_accuracy"]) <= 0.3 and min(deep_plain_losses) > 1.3
 )  # stuck at chance
-assert final[(6, True)] > 0.8  # the same deep network learns with BN
+assert final[(6, True)] > 0.8  # the same deep network learns with BN ...
+assert final[(6, True)] == max(final.values())  # ... and is the best of the four
 assert final[(2, True)] <= final[(2, False)] + 0.05  # no advantage for the shallow one
 
 # %% [markdown]

@@ -129,6 +129,7 @@ for name, acc in mistakes.items():
     print(f"{name:42s} {acc:.4f}")
 assert mistakes["train mode, class-sorted batches of 100"] < mistakes["eval mode (correct)"] - 0.3
 assert abs(mistakes["train mode, shuffled batches of 200"] - reference["accuracy"]) < 0.02
+assert mistakes["train mode, batches of 8"] < reference["accuracy"] - 0.05
 
 # %% [markdown]
 # Large shuffled batches come close to the correct number (their statistics are close to the population's),
