@@ -153,7 +153,10 @@ assert (
 )  # stuck at chance
 assert final[(6, True)] > 0.8  # the same deep network learns with BN ...
 assert final[(6, True)] == max(final.values())  # ... and is the best of the four
-assert final[(2, True)] <= final[(2, False)] + 0.05  # no advantage for the shallow one
+assert final[(2, False)] > 0.5  # the shallow network learns without BN ...
+assert (
+    final[(2, True)] <= final[(2, False)] + 0.05
+)  # ... and BN gives it no advantage for the shallow one
 
 # %% [markdown]
 # The picture is the one the seed tutorial reports, in a sharper form:
