@@ -89,6 +89,16 @@ def window_geometry(
     return Geometry(kernel, stride, padding, dilation, hw, (out[0], out[1]))
 
 
+def require_numpy(x: object, where: str) -> None:
+    """The convolution and pooling reference takes NumPy arrays only: its im2col is NumPy's strided window
+    view (``sliding_window_view``), which the Array API standard does not have."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{where}: the reference takes NumPy arrays only (its im2col is a NumPy strided view, outside "
+            f"the Array API standard), got {type(x).__module__}.{type(x).__name__}"
+        )
+
+
 def pad_spatial(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
     """Pad the last two axes of (N, C, H, W) ``x`` by ``padding`` on each side with ``value``."""
     ph, pw = padding
@@ -181,6 +191,7 @@ def conv2d_forward(
     Zero padding; no groups.
     """
     x = check_float_array(x, "conv2d")
+    require_numpy(x, "conv2d")
     out_channels, in_channels, kh, kw = weight.shape
     geo = conv2d_geometry(x, weight.shape, stride, padding, dilation)
     ct = compute_dtype(x.dtype)

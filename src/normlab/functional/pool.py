@@ -31,6 +31,7 @@ from normlab.functional.conv import (
     col2im,
     pad_spatial,
     pair,
+    require_numpy,
     window_geometry,
     windows,
 )
@@ -74,6 +75,7 @@ def max_pool2d_forward(
 ) -> tuple[np.ndarray, MaxPool2dCache]:
     """Max over each window of (N, C, H, W) ``x``; returns (N, C, OH, OW) in ``x``'s dtype and the cache."""
     x = check_float_array(x, "max_pool2d")
+    require_numpy(x, "max_pool2d")
     geo = pool_geometry(x.shape, kernel_size, stride, padding, "max_pool2d")
     n, c = x.shape[:2]
     oh, ow = geo.output_hw
@@ -106,6 +108,7 @@ def avg_pool2d_forward(
 ) -> tuple[np.ndarray, AvgPool2dCache]:
     """Mean over each window of (N, C, H, W) ``x``; returns (N, C, OH, OW) in ``x``'s dtype and the cache."""
     x = check_float_array(x, "avg_pool2d")
+    require_numpy(x, "avg_pool2d")
     geo = pool_geometry(x.shape, kernel_size, stride, padding, "avg_pool2d")
     ct = compute_dtype(x.dtype)
     kh, kw = geo.kernel

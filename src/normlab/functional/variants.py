@@ -316,7 +316,9 @@ def ghost_batch_norm_forward(
         )
     outputs, caches = [], []
     for start in range(0, x.shape[0], v):
-        y, cache = norm.forward(x[start : start + v], weight, bias, use_input_stats=True, eps=eps)
+        y, cache = norm.forward(
+            x[start : start + v, ...], weight, bias, use_input_stats=True, eps=eps
+        )
         outputs.append(y)
         caches.append(cache)
     mean, var, count = merge_moments([(c.mean, c.var, c.count) for c in caches])
@@ -333,7 +335,7 @@ def ghost_batch_norm_backward(dy: np.ndarray, cache: GhostBatchNormCache) -> Nor
     dy = check_gradient(dy, cache.input_shape, "ghost_batch_norm backward")
     v = cache.virtual_batch_size
     backward = cache.norm_op.backward
-    grads = [backward(dy[i * v : (i + 1) * v], c) for i, c in enumerate(cache.chunks)]
+    grads = [backward(dy[i * v : (i + 1) * v, ...], c) for i, c in enumerate(cache.chunks)]
     dx = namespace(dy).concat([g.dx for g in grads], axis=0)
     dweight = None if grads[0].dweight is None else sum(g.dweight for g in grads)
     dbias = None if grads[0].dbias is None else sum(g.dbias for g in grads)
