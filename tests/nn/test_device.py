@@ -59,8 +59,18 @@ def _host(a: Any) -> np.ndarray:
     return np.asarray(a.to_device(CPU)) if not isinstance(a, np.ndarray) else a
 
 
+@pytest.fixture
+def reference_kernels():
+    """The NumPy model runs the reference too (no numba compile; the same code on both libraries)."""
+    kernels.use("reference")
+    yield
+    kernels.use()
+
+
 # ------------------------------------------------------------------------------------ Module.to
-def test_a_model_moved_to_another_device_computes_what_the_numpy_model_does() -> None:
+def test_a_model_moved_to_another_device_computes_what_the_numpy_model_does(
+    reference_kernels: None,
+) -> None:
     reference, model = _mlp(), _to_strict(_mlp())
     x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
     dy = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
