@@ -20,31 +20,43 @@ from typing import Any
 
 import array_api_compat
 import numpy as np
-from array_api_compat import numpy as np_xp
 
 xp = np  # the default array namespace (arrays made from Python scalars and lists)
+# NumPy 2.1+ has every name of the standard the reference uses (np.astype, np.concat, np.permute_dims, ...):
+# called directly it costs nothing extra; older NumPy gets them from array-api-compat's wrapper
+if np.lib.NumpyVersion(np.__version__) >= "2.1.0":
+    np_xp: ModuleType = np
+else:  # pragma: no cover - NumPy < 2.1
+    from array_api_compat import numpy as np_xp
 
 DEFAULT_DTYPE = np.dtype(np.float32)
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT_NAMES = ("float16", "float32", "float64")
 
 
+# what NumPy's namespace takes: its arrays and scalars, Python numbers, lists and tuples
+_NUMPY_INPUTS = (np.ndarray, np.generic, int, float, complex, list, tuple)
+
+
 def namespace(*arrays: object) -> ModuleType:
-    """The Array API namespace of ``arrays`` (``None`` and Python scalars ignored): ``array_api_compat.numpy``
-    for NumPy arrays (NumPy with the standard's names), ``cupy``'s for CuPy arrays, and so on.
+    """The Array API namespace of ``arrays`` (``None`` and Python scalars ignored): NumPy itself for NumPy
+    arrays (``array_api_compat.numpy`` before NumPy 2.1), array-api-compat's CuPy for CuPy arrays, and so on.
 
     Arrays of two namespaces are refused with ``TypeError``.  NumPy inputs, the common case, skip the general
     lookup (a few microseconds per call).
     """
-    found = [a for a in arrays if a is not None and not isinstance(a, (int, float, complex))]
-    if all(isinstance(a, (np.ndarray, np.generic, list, tuple)) for a in found):
-        return np_xp
-    return array_api_compat.array_namespace(*found)
+    for a in arrays:
+        if a is not None and not isinstance(a, _NUMPY_INPUTS):
+            found = [
+                a for a in arrays if a is not None and not isinstance(a, (int, float, complex))
+            ]
+            return array_api_compat.array_namespace(*found)
+    return np_xp
 
 
 def is_numpy(xp: ModuleType) -> bool:
     """Whether ``xp`` is NumPy (plain or through array-api-compat)."""
-    return xp is np_xp or xp is np
+    return xp is np or getattr(xp, "__name__", "") == "array_api_compat.numpy"
 
 
 def device_of(x: Any) -> Any:
