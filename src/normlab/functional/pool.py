@@ -116,9 +116,9 @@ def avg_pool2d_forward(
     xp = namespace(x)
     ct = compute_dtype(x.dtype, xp)
     kh, kw = geo.kernel
-    sums = xp.sum(
-        windows(pad_spatial(xp.astype(x, ct, copy=False), geo.padding), geo), axis=(-2, -1)
-    )
+    win = windows(pad_spatial(xp.astype(x, ct, copy=False), geo.padding), geo)
+    # each window row summed, then the row sums: the order the numba kernel adds in (equal bit for bit)
+    sums = xp.sum(xp.sum(win, axis=-1), axis=-1)
     if count_include_pad:
         divisor = xp.full(geo.output_hw, kh * kw, dtype=ct, device=device_of(x))
     else:  # count the real (unpadded) input values in each window
