@@ -1,7 +1,9 @@
 """Stateless math: every op is a pair ``y, cache = op_forward(...)`` / ``grads = op_backward(dy, cache)``.
 
 This package is the readable reference.  Fast kernels (``normlab.kernels``) have the same signatures and are
-tested equal to it.
+tested equal to it.  Every op is written against the Array API namespace of its inputs
+(:func:`normlab.backend.namespace`), so the same code runs on NumPy and CuPy arrays; only the exact GELU (erf)
+is NumPy-only.  ``tests/functional/test_array_api.py`` runs every op on ``array-api-strict`` arrays.
 """
 
 from normlab.functional.activation import (

@@ -1,8 +1,9 @@
 r"""2-D convolution (cross-correlation, as in every deep learning framework) by im2col.
 
-**im2col.**  Zero-pad the input (N, C, H, W) by ``padding``, then view every receptive field as a window: a
-strided view of shape (N, C, OH, OW, KH, KW) with no copy (``sliding_window_view``, then slicing by stride and
-dilation).  Laid out as rows of a matrix ``cols`` of shape (N·OH·OW, C·KH·KW), the convolution is one matrix
+**im2col.**  Zero-pad the input (N, C, H, W) by ``padding``, then gather every receptive field as a window,
+shape (N, C, OH, OW, KH, KW): the entries of all windows at kernel offset (i, j) are one slice of the padded
+input, strided by the stride and starting at the offset times the dilation, so the KH·KW slices stacked are
+the windows.  Laid out as rows of a matrix ``cols`` of shape (N·OH·OW, C·KH·KW), the convolution is one matrix
 product with the filters flattened to ``W`` of shape (OC, C·KH·KW):
 
 .. math::
@@ -20,7 +21,10 @@ padded input; adding the window gradients slice by slice (KH·KW vectorized addi
 accumulates exactly that sum.  Cropping the padding gives ``dx``.
 
 Output size per spatial axis: ``(size + 2·padding - dilation·(kernel - 1) - 1) // stride + 1``.  The pooling
-ops in :mod:`normlab.functional.pool` reuse the same window view and col2im.
+ops in :mod:`normlab.functional.pool` reuse the same windows and col2im.
+
+Everything here uses the Array API namespace ``xp`` of the input (NumPy, CuPy, ...; see
+:func:`normlab.backend.namespace`): slicing, stacking and matrix products are all in the standard.
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, device_of, namespace
 
 Pair = tuple[int, int]
 
@@ -94,15 +97,27 @@ def pad_spatial(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+    xp = namespace(x)
+    n, c, h, w = x.shape
+    padded = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype, device=device_of(x))
+    padded[:, :, ph : ph + h, pw : pw + w] = x
+    return padded
 
 
-def windows(xp: np.ndarray, geo: Geometry) -> np.ndarray:
-    """A read-only strided view (N, C, OH, OW, KH, KW) of every receptive field of padded ``xp``."""
+def windows(padded: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Every receptive field of ``padded`` (N, C, Hp, Wp), as an array (N, C, OH, OW, KH, KW)."""
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    view = sliding_window_view(xp, span, axis=(2, 3))  # (N, C, Hp - span + 1, Wp - span + 1, *span)
-    return view[:, :, ::sh, ::sw, ::dh, ::dw]
+    oh, ow = geo.output_hw
+    xp = namespace(padded)
+    # kernel offset (i, j) of every window: one slice of the input, strided by the stride
+    at_offset = [
+        padded[
+            :, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw
+        ]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return xp.reshape(xp.stack(at_offset, axis=-1), (*padded.shape[:2], oh, ow, kh, kw))
 
 
 def col2im(dwindows: np.ndarray, geo: Geometry) -> np.ndarray:
@@ -114,15 +129,16 @@ def col2im(dwindows: np.ndarray, geo: Geometry) -> np.ndarray:
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     oh, ow = geo.output_hw
     hp, wp = geo.padded_hw
-    dxp = np.zeros((n, c, hp, wp), dtype=dwindows.dtype)
+    xp = namespace(dwindows)
+    dpadded = xp.zeros((n, c, hp, wp), dtype=dwindows.dtype, device=device_of(dwindows))
     for i in range(kh):
         for j in range(kw):
             # the input rows/columns that kernel offset (i, j) touches, one per output position
             rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
             cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-            dxp[:, :, rows, cols] += dwindows[:, :, :, :, i, j]
+            dpadded[:, :, rows, cols] += dwindows[:, :, :, :, i, j]
     (ph, pw), (h, w) = geo.padding, geo.input_hw
-    return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w])
+    return xp.reshape(dpadded[:, :, ph : ph + h, pw : pw + w], (n, c, h, w), copy=True)
 
 
 class Conv2dCache(NamedTuple):
@@ -183,17 +199,19 @@ def conv2d_forward(
     x = check_float_array(x, "conv2d")
     out_channels, in_channels, kh, kw = weight.shape
     geo = conv2d_geometry(x, weight.shape, stride, padding, dilation)
-    ct = compute_dtype(x.dtype)
+    xp = namespace(x, weight, bias)
+    ct = compute_dtype(x.dtype, xp)
     n = x.shape[0]
     oh, ow = geo.output_hw
-    win = windows(pad_spatial(x.astype(ct, copy=False), geo.padding), geo)
-    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, in_channels * kh * kw)
-    w = np.asarray(weight, dtype=ct).reshape(out_channels, -1)
+    win = windows(pad_spatial(xp.astype(x, ct, copy=False), geo.padding), geo)
+    cols = xp.permute_dims(win, (0, 2, 3, 1, 4, 5))
+    cols = xp.reshape(cols, (n * oh * ow, in_channels * kh * kw))
+    w = xp.reshape(xp.astype(weight, ct, copy=False), (out_channels, -1))
     rows = cols @ w.T  # (N·OH·OW, OC)
     if bias is not None:
-        rows += np.asarray(bias, dtype=ct)
-    y = rows.reshape(n, oh, ow, out_channels).transpose(0, 3, 1, 2)
-    y = np.ascontiguousarray(y, dtype=x.dtype)
+        rows += xp.astype(bias, ct, copy=False)
+    y = xp.permute_dims(xp.reshape(rows, (n, oh, ow, out_channels)), (0, 3, 1, 2))
+    y = xp.reshape(xp.astype(y, x.dtype, copy=False), y.shape, copy=True)  # a row-major copy
     cache = Conv2dCache(
         cols, w, tuple(weight.shape), geo, tuple(x.shape), x.dtype, bias is not None
     )
@@ -212,12 +230,14 @@ def conv2d_backward(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True)
         raise ValueError(
             f"conv2d backward: expected a gradient of shape {(n, out_channels, oh, ow)}, got {dy.shape}"
         )
+    xp = namespace(dy, cache.weight_matrix)
     ct = cache.weight_matrix.dtype
-    g = np.asarray(dy, dtype=ct).transpose(0, 2, 3, 1).reshape(-1, out_channels)  # (N·OH·OW, OC)
-    dweight = (g.T @ cache.cols).reshape(cache.weight_shape)
-    dbias = g.sum(axis=0) if cache.has_bias else None
+    g = xp.permute_dims(xp.asarray(dy, dtype=ct), (0, 2, 3, 1))
+    g = xp.reshape(g, (-1, out_channels))  # (N·OH·OW, OC)
+    dweight = xp.reshape(g.T @ cache.cols, cache.weight_shape)
+    dbias = xp.sum(g, axis=0) if cache.has_bias else None
     if not input_grad:
         return Conv2dGrads(None, dweight, dbias)
-    dcols = (g @ cache.weight_matrix).reshape(n, oh, ow, in_channels, kh, kw)
-    dx = col2im(dcols.transpose(0, 3, 1, 2, 4, 5), cache.geometry)
-    return Conv2dGrads(dx.astype(cache.input_dtype, copy=False), dweight, dbias)
+    dcols = xp.reshape(g @ cache.weight_matrix, (n, oh, ow, in_channels, kh, kw))
+    dx = col2im(xp.permute_dims(dcols, (0, 3, 1, 2, 4, 5)), cache.geometry)
+    return Conv2dGrads(xp.astype(dx, cache.input_dtype, copy=False), dweight, dbias)

@@ -9,7 +9,9 @@ In training each value is kept with probability :math:`1 - p` and the kept value
     \frac{\partial L}{\partial x} = g \odot \frac{m}{1 - p}
 
 Outside training (or with ``p = 0``) dropout is the identity.  ``p = 1`` drops everything (output 0).  The mask
-comes from the generator passed in, never from NumPy's global random state.
+comes from the generator passed in, never from NumPy's global random state; it is drawn on the host and moved
+to the input's device, so one seed gives the same mask on every device.  The rest uses the Array API namespace
+``xp`` of the input (see :func:`normlab.backend.namespace`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, device_of, namespace
 
 
 class DropoutCache(NamedTuple):
@@ -42,21 +44,23 @@ def dropout_forward(
     p = check_probability(p, "dropout")
     if not training or p == 0.0:
         return x, DropoutCache(None, tuple(x.shape), x.dtype)
-    ct = compute_dtype(x.dtype)
-    keep = rng.random(x.shape) >= p  # P(keep) = 1 - p
-    scale = keep.astype(ct) * (0.0 if p == 1.0 else 1.0 / (1.0 - p))
-    y = (x.astype(ct, copy=False) * scale).astype(x.dtype, copy=False)
+    xp = namespace(x)
+    ct = compute_dtype(x.dtype, xp)
+    keep = xp.asarray(rng.random(x.shape) >= p, device=device_of(x))  # P(keep) = 1 - p
+    scale = xp.astype(keep, ct) * (0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    y = xp.astype(xp.astype(x, ct, copy=False) * scale, x.dtype, copy=False)
     return y, DropoutCache(scale, tuple(x.shape), x.dtype)
 
 
 def dropout_backward(dy: np.ndarray, cache: DropoutCache) -> np.ndarray:
     """``dx = dy * m / (1 - p)`` with the forward's mask."""
-    if tuple(np.shape(dy)) != cache.input_shape:
+    shape = tuple(dy.shape) if hasattr(dy, "shape") else np.shape(dy)
+    if shape != cache.input_shape:
         raise ValueError(
-            f"dropout backward: expected a gradient of shape {cache.input_shape}, got {np.shape(dy)}"
+            f"dropout backward: expected a gradient of shape {cache.input_shape}, got {shape}"
         )
+    xp = namespace(dy, cache.scale)
     if cache.scale is None:
-        return np.asarray(dy, dtype=cache.input_dtype)
-    return (np.asarray(dy, dtype=cache.scale.dtype) * cache.scale).astype(
-        cache.input_dtype, copy=False
-    )
+        return xp.asarray(dy, dtype=cache.input_dtype)
+    g = xp.asarray(dy, dtype=cache.scale.dtype)
+    return xp.astype(g * cache.scale, cache.input_dtype, copy=False)

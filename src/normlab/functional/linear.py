@@ -9,7 +9,8 @@ r"""The affine (fully connected) layer as a forward/backward pair.
 
 with :math:`g = \partial L / \partial y`.  ``x`` may have any number of leading axes (``(*, in)``): they are
 treated as rows, so ``dW`` and ``db`` sum over all of them.  Arithmetic runs in the compute dtype of ``x``
-(float32 for float16/float32, float64 for float64); the output and ``dx`` have ``x``'s dtype.
+(float32 for float16/float32, float64 for float64); the output and ``dx`` have ``x``'s dtype.  The code uses the
+Array API namespace ``xp`` of the input (NumPy, CuPy, ...; see :func:`normlab.backend.namespace`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, namespace
 
 
 class LinearCache(NamedTuple):
@@ -50,13 +51,14 @@ def linear_forward(
         raise ValueError(
             f"linear: expected input of shape (*, {in_features}), got shape {tuple(x.shape)}"
         )
-    ct = compute_dtype(x.dtype)
-    x2d = x.reshape(-1, in_features).astype(ct, copy=False)
-    w = np.asarray(weight, dtype=ct)
+    xp = namespace(x, weight, bias)
+    ct = compute_dtype(x.dtype, xp)
+    x2d = xp.astype(xp.reshape(x, (-1, in_features)), ct, copy=False)
+    w = xp.astype(weight, ct, copy=False)
     y = x2d @ w.T
     if bias is not None:
-        y += np.asarray(bias, dtype=ct)
-    y = y.reshape(*x.shape[:-1], out_features).astype(x.dtype, copy=False)
+        y += xp.astype(bias, ct, copy=False)
+    y = xp.astype(xp.reshape(y, (*x.shape[:-1], out_features)), x.dtype, copy=False)
     return y, LinearCache(x2d, w, tuple(x.shape), x.dtype, bias is not None)
 
 
@@ -72,10 +74,12 @@ def linear_backward(dy: np.ndarray, cache: LinearCache, input_grad: bool = True)
         raise ValueError(
             f"linear backward: expected a gradient of shape {expected}, got {dy.shape}"
         )
-    g = np.asarray(dy).reshape(-1, out_features).astype(cache.weight.dtype, copy=False)
+    xp = namespace(dy, cache.weight)
+    g = xp.astype(xp.reshape(dy, (-1, out_features)), cache.weight.dtype, copy=False)
     dx = None
     if input_grad:
-        dx = (g @ cache.weight).reshape(cache.input_shape).astype(cache.input_dtype, copy=False)
+        dx = xp.reshape(g @ cache.weight, cache.input_shape)
+        dx = xp.astype(dx, cache.input_dtype, copy=False)
     dweight = g.T @ cache.x2d
-    dbias = g.sum(axis=0) if cache.has_bias else None
+    dbias = xp.sum(g, axis=0) if cache.has_bias else None
     return LinearGrads(dx, dweight, dbias)

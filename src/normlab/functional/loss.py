@@ -17,16 +17,19 @@ Its gradient is the classic :math:`\partial \ell_i / \partial z_{ic} = p_{ic} - 
 
 ``reduction`` is ``"mean"`` (over samples for cross-entropy, over all elements for MSE), ``"sum"`` or
 ``"none"`` (per sample / per element).  Forward returns a Python float for mean/sum and an array for none;
-backward takes the upstream gradient of that value (1.0 for a loss being minimised).
+backward takes the upstream gradient of that value (1.0 for a loss being minimised).  The code uses the Array
+API namespace ``xp`` of the inputs (NumPy, CuPy, ...; see :func:`normlab.backend.namespace`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import array_api_compat
 import numpy as np
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, device_of, namespace
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -52,34 +55,41 @@ def check_reduction(reduction: str, where: str) -> str:
 
 def check_class_labels(target: object, n: int, num_classes: int, where: str) -> np.ndarray:
     """``target`` as an integer array of shape (n,) with values in [0, num_classes), or a clear error."""
-    t = np.asarray(target)
-    if t.dtype.kind not in "iu":
+    t = target if array_api_compat.is_array_api_obj(target) else np.asarray(target)
+    xp = namespace(t)
+    if not xp.isdtype(t.dtype, "integral"):
         raise TypeError(
             f"{where}: expected integer class labels (e.g. int64) of shape ({n},), got dtype {t.dtype}; "
             "cast float labels with .astype(np.int64) if they hold class indices"
         )
-    if t.shape != (n,):
-        raise ValueError(f"{where}: expected labels of shape ({n},) for {n} samples, got {t.shape}")
-    if n and (t.min() < 0 or t.max() >= num_classes):
+    if tuple(t.shape) != (n,):
         raise ValueError(
-            f"{where}: labels must lie in [0, {num_classes}) for {num_classes} classes, "
-            f"got values in [{t.min()}, {t.max()}]"
+            f"{where}: expected labels of shape ({n},) for {n} samples, got {tuple(t.shape)}"
         )
+    if n:
+        low, high = int(xp.min(t)), int(xp.max(t))
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{where}: labels must lie in [0, {num_classes}) for {num_classes} classes, "
+                f"got values in [{low}, {high}]"
+            )
     return t
 
 
 def _reduce(per_item: np.ndarray, reduction: str, dtype: np.dtype) -> float | np.ndarray:
     """The unreduced loss in the prediction's ``dtype``, or its mean or sum as a float (summed in float64)."""
+    xp = namespace(per_item)
     if reduction == "none":
-        return per_item.astype(dtype, copy=False)
-    total = float(per_item.sum(dtype=np.float64))
-    return total / per_item.size if reduction == "mean" else total
+        return xp.astype(per_item, dtype, copy=False)
+    total = float(xp.sum(per_item, dtype=xp.float64))
+    return total / math.prod(per_item.shape) if reduction == "mean" else total
 
 
 def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """``log(softmax(z))`` along ``axis``, without overflow or ``log(0)``."""
-    shifted = z - z.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    xp = namespace(z)
+    shifted = z - xp.max(z, axis=axis, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 def cross_entropy_forward(
@@ -105,11 +115,14 @@ def cross_entropy_forward(
     if n == 0 and reduction == "mean":
         raise ValueError(f"{where}: the mean loss of an empty batch is undefined (got 0 samples)")
 
-    logp = log_softmax(logits.astype(compute_dtype(logits.dtype), copy=False))
-    q = np.full_like(logp, label_smoothing / num_classes)
-    q[np.arange(n), labels] += 1.0 - label_smoothing
-    per_sample = -(q * logp).sum(axis=1)
-    cache = LossCache(np.exp(logp) - q, reduction, n, (n,), logits.shape, logits.dtype)
+    xp = namespace(logits, labels)
+    logp = log_softmax(xp.astype(logits, compute_dtype(logits.dtype, xp), copy=False))
+    # the target q: label_smoothing / C everywhere, plus 1 - label_smoothing at each row's label
+    classes = xp.arange(num_classes, device=device_of(logits))
+    one_hot = xp.astype(labels[:, None] == classes, logp.dtype)
+    q = xp.full_like(logp, label_smoothing / num_classes) + (1.0 - label_smoothing) * one_hot
+    per_sample = -xp.sum(q * logp, axis=1)
+    cache = LossCache(xp.exp(logp) - q, reduction, n, (n,), tuple(logits.shape), logits.dtype)
     return _reduce(per_sample, reduction, logits.dtype), cache
 
 
@@ -124,11 +137,14 @@ def mse_forward(
         raise ValueError(
             f"{where}: prediction and target must have the same shape, got {pred.shape} and {target.shape}"
         )
-    if pred.size == 0 and reduction == "mean":
+    size = math.prod(pred.shape)
+    if size == 0 and reduction == "mean":
         raise ValueError(f"{where}: the mean loss of an empty batch is undefined (got 0 elements)")
-    ct = compute_dtype(pred.dtype)
-    diff = pred.astype(ct) - target.astype(ct)
-    cache = LossCache(2.0 * diff, reduction, pred.size, pred.shape, pred.shape, pred.dtype)
+    xp = namespace(pred, target)
+    ct = compute_dtype(pred.dtype, xp)
+    diff = xp.astype(pred, ct) - xp.astype(target, ct)
+    shape = tuple(pred.shape)
+    cache = LossCache(2.0 * diff, reduction, size, shape, shape, pred.dtype)
     return _reduce(diff * diff, reduction, pred.dtype), cache
 
 
@@ -139,18 +155,19 @@ def loss_backward(dloss: float | np.ndarray, cache: LossCache) -> np.ndarray:
     array of the unreduced loss's shape (N,) for cross-entropy, the prediction's shape for MSE.
     """
     g = cache.dloss_dpred
-    upstream = np.asarray(dloss, dtype=g.dtype)
+    xp = namespace(g, dloss)
+    upstream = xp.asarray(dloss, dtype=g.dtype, device=device_of(g))
     expected = cache.item_shape if cache.reduction == "none" else ()
-    if upstream.shape != expected:
+    if tuple(upstream.shape) != expected:
         raise ValueError(
             f"loss backward: expected an upstream gradient of shape {expected} "
-            f"(reduction={cache.reduction!r}), got {upstream.shape}"
+            f"(reduction={cache.reduction!r}), got {tuple(upstream.shape)}"
         )
     if cache.reduction == "mean":
         upstream = upstream / cache.count
     # per-sample values of cross-entropy broadcast over the classes of their row
-    upstream = upstream.reshape(upstream.shape + (1,) * (g.ndim - upstream.ndim))
-    return (g * upstream).astype(cache.pred_dtype, copy=False)
+    upstream = xp.reshape(upstream, tuple(upstream.shape) + (1,) * (g.ndim - upstream.ndim))
+    return xp.astype(g * upstream, cache.pred_dtype, copy=False)
 
 
 def cross_entropy_backward(dloss: float | np.ndarray, cache: LossCache) -> np.ndarray:

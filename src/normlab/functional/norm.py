@@ -45,6 +45,10 @@ as 0, so the output is ``beta``, never NaN.  Statistics that are not finite (a N
 values they were taken over, or a variance that overflows, as float64 values near 1e200 do) make every output
 of their group NaN: the math has no other answer, and a bias whatever the input would hide the problem.  Elementwise arithmetic runs in float32 for float16/float32 inputs
 and in float64 for float64 inputs; the output has the input's dtype.
+
+Arrays.  The code uses only the Array API standard, through ``xp``, the namespace of the input
+(:func:`normlab.backend.namespace`): the same lines run on NumPy arrays, on CuPy arrays on a GPU, and on
+``array-api-strict`` arrays in the tests that keep it so.  ``np.errstate`` only silences NumPy's warnings.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, device_of, namespace
 from normlab.functional import checks
 
 Shape = tuple[int, ...]
@@ -101,15 +105,23 @@ class NormCache:
 
 
 # --------------------------------------------------------------------------------------- statistics core
+def _float64_mean(a: np.ndarray, axes: Shape) -> np.ndarray:
+    """Mean over ``axes`` (keepdims), summed and returned in float64."""
+    xp = namespace(a)
+    count = math.prod(a.shape[ax] for ax in axes)
+    return xp.sum(a, axis=axes, keepdims=True, dtype=xp.float64) / count
+
+
 def _accumulate_mean(a: np.ndarray, axes: Shape) -> np.ndarray:
     """Mean over ``axes`` (keepdims), summed in float64 and returned in ``a``'s dtype."""
-    return np.mean(a, axis=axes, keepdims=True, dtype=np.float64).astype(a.dtype, copy=False)
+    return namespace(a).astype(_float64_mean(a, axes), a.dtype, copy=False)
 
 
 def _first_along(x: np.ndarray, axes: Shape) -> np.ndarray:
-    """The element at index 0 along each of ``axes`` (keepdims): the shift for the two-pass algorithm."""
+    """The element at index 0 along each of ``axes`` (keepdims), copied: the shift for the two-pass
+    algorithm."""
     index = tuple(slice(0, 1) if ax in axes else slice(None) for ax in range(x.ndim))
-    return x[index]
+    return namespace(x).asarray(x[index], copy=True)
 
 
 def centered_moments(
@@ -120,17 +132,19 @@ def centered_moments(
     Returns ``(mean, var, xc)`` with ``xc = x - mean`` and ``var = mean(xc**2)`` (biased).  With
     ``center=False`` (RMS norm) the mean is zero, ``var`` is the mean square and ``xc`` is ``x`` itself.
     """
-    ct = compute_dtype(x.dtype)
-    xc = x.astype(ct, copy=True)
+    xp = namespace(x)
+    ct = compute_dtype(x.dtype, xp)
+    xc = xp.astype(x, ct, copy=True)
     if center:
-        shift = _first_along(xc, axes).copy()
+        shift = _first_along(xc, axes)
         xc -= shift  # exact for values within a factor of two of the shift; keeps large means harmless
         shifted_mean = _accumulate_mean(xc, axes)
         xc -= shifted_mean
         mean = shift + shifted_mean
     else:
-        mean = np.zeros([1 if ax in axes else n for ax, n in enumerate(x.shape)], dtype=ct)
-    var = _accumulate_mean(np.square(xc), axes)
+        kept = tuple(1 if ax in axes else n for ax, n in enumerate(x.shape))
+        mean = xp.zeros(kept, dtype=ct, device=device_of(x))
+    var = _accumulate_mean(xp.square(xc), axes)
     return mean, var, xc
 
 
@@ -139,22 +153,24 @@ def moments(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and biased variance of ``x`` over ``axes``, numerically stable (shifted two-pass, float64 sums)."""
     x = check_float_array(x, "moments")
+    xp = namespace(x)
     axes = checks.axes_arg(axes, x.ndim, "moments")
     if any(
         x.shape[a] == 0 for a in axes
     ):  # no values to take statistics over: NaN, as numpy and PyTorch
-        kept = [1 if a in axes else n for a, n in enumerate(x.shape)]
-        mean = var = np.full(kept, np.nan, dtype=compute_dtype(x.dtype))
+        kept = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+        ct = compute_dtype(x.dtype, xp)
+        mean = var = xp.full(kept, xp.nan, dtype=ct, device=device_of(x))
     else:
         with np.errstate(over="ignore", invalid="ignore"):
             mean, var, _ = centered_moments(x, axes)
-            if not np.isfinite(
-                mean
-            ).all():  # an inf among the values: the shift made it inf - inf = NaN
-                plain = np.mean(x, axis=axes, keepdims=True, dtype=np.float64).astype(mean.dtype)
-                mean = np.where(np.isfinite(mean), mean, plain)
+            if not xp.all(
+                xp.isfinite(mean)
+            ):  # an inf among the values: the shift made it inf - inf = NaN
+                plain = xp.astype(_float64_mean(x, axes), mean.dtype)
+                mean = xp.where(xp.isfinite(mean), mean, plain)
     if not keepdims:
-        mean, var = mean.squeeze(axes), var.squeeze(axes)
+        mean, var = xp.squeeze(mean, axis=axes), xp.squeeze(var, axis=axes)
     return mean, var
 
 
@@ -162,19 +178,24 @@ def inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
     """``1 / sqrt(var + eps)``: 0 where ``var + eps == 0``, so that a constant input maps to 0; NaN where
     ``var + eps`` is not finite (NaN statistics, or an overflowed variance), so that the group's outputs are
     NaN rather than the bias."""
-    denom = var + np.asarray(eps, dtype=var.dtype)
-    positive = (denom > 0) & np.isfinite(denom)
-    out = np.where(np.isfinite(denom), 0.0, np.nan).astype(denom.dtype, copy=False)
-    np.sqrt(denom, out=out, where=positive)
-    np.divide(1.0, out, out=out, where=positive)
-    return out
+    xp = namespace(var)
+    denom = var + eps  # a Python float takes the array's dtype
+    finite = xp.isfinite(denom)
+    positive = (denom > 0) & finite
+    # the root only where it is defined (1 elsewhere, so nothing warns); 0 or NaN where it is not
+    rstd = 1.0 / xp.sqrt(xp.where(positive, denom, xp.ones_like(denom)))
+    return xp.where(
+        positive, rstd, xp.where(finite, xp.zeros_like(denom), xp.full_like(denom, xp.nan))
+    )
 
 
 def _sum_to_shape(a: np.ndarray, broadcast_shape: Shape, param_shape: Shape) -> np.ndarray:
     """Undo broadcasting: sum ``a`` over the axes where ``broadcast_shape`` (right-aligned) is 1."""
     aligned = (1,) * (a.ndim - len(broadcast_shape)) + tuple(broadcast_shape)
     axes = tuple(i for i, n in enumerate(aligned) if n == 1)
-    return a.sum(axis=axes, dtype=np.float64).reshape(param_shape).astype(a.dtype, copy=False)
+    xp = namespace(a)
+    total = xp.sum(a, axis=axes, dtype=xp.float64)
+    return xp.astype(xp.reshape(total, param_shape), a.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------- shared forward
@@ -195,32 +216,32 @@ def _normalize_forward(
     ``affine_shape`` is the shape gamma and beta are reshaped to so that they broadcast against ``x``.
     ``given_stats=(mean, var)`` (broadcastable to the statistics view) uses those instead of the input's.
     """
-    ct = compute_dtype(x.dtype)
+    xp = namespace(x, weight, bias)
+    ct = compute_dtype(x.dtype, xp)
     count = math.prod(stat_shape[a] for a in stat_axes)
-    xv = x.reshape(stat_shape)
+    xv = xp.reshape(x, stat_shape)
     if given_stats is None:
         if count == 0:  # empty input: nothing to normalize, no statistics to report
-            mean = var = np.full(
-                [1 if a in stat_axes else n for a, n in enumerate(stat_shape)], np.nan, ct
-            )
-            xc = xv.astype(ct)
+            kept = tuple(1 if a in stat_axes else n for a, n in enumerate(stat_shape))
+            mean = var = xp.full(kept, xp.nan, dtype=ct, device=device_of(x))
+            xc = xp.astype(xv, ct)
         else:
             with np.errstate(
                 over="ignore", invalid="ignore"
             ):  # non-finite statistics give NaN (see above)
                 mean, var, xc = centered_moments(xv, stat_axes, center)
     else:
-        mean, var = (np.asarray(s, dtype=ct) for s in given_stats)
-        xc = xv.astype(ct) - mean if center else xv.astype(ct)
+        mean, var = (xp.astype(s, ct, copy=False) for s in given_stats)
+        xc = xp.astype(xv, ct) - mean if center else xp.astype(xv, ct)
     rstd = inverse_std(var, eps)
     xhat = xc * rstd
 
-    y = xhat.reshape(x.shape)
-    w = None if weight is None else np.asarray(weight, dtype=ct).reshape(affine_shape)
+    y = xp.reshape(xhat, x.shape)
+    w = None if weight is None else xp.reshape(xp.astype(weight, ct, copy=False), affine_shape)
     if w is not None:
         y = y * w
     if bias is not None:
-        y = y + np.asarray(bias, dtype=ct).reshape(affine_shape)
+        y = y + xp.reshape(xp.astype(bias, ct, copy=False), affine_shape)
     param = weight if weight is not None else bias
     cache = NormCache(
         xhat=xhat,
@@ -230,32 +251,33 @@ def _normalize_forward(
         count=count,
         stat_shape=tuple(stat_shape),
         stat_axes=stat_axes,
-        input_shape=x.shape,
+        input_shape=tuple(x.shape),
         input_dtype=x.dtype,
         weight=w,
         affine_shape=tuple(affine_shape),
-        param_shape=None if param is None else np.shape(param),
+        param_shape=None if param is None else tuple(param.shape),
         has_bias=bias is not None,
         center=center,
         input_stats=given_stats is None,
     )
-    return y.astype(x.dtype, copy=False), cache
+    return xp.astype(y, x.dtype, copy=False), cache
 
 
 def _normalize_backward(dy: np.ndarray, cache: NormCache, where: str) -> NormGrads:
     """Closed-form gradients of :func:`_normalize_forward` (see the module docstring for the formula)."""
     checks.check_cache(cache, NormCache, where)
     dy = checks.check_gradient(dy, cache.input_shape, where)
+    xp = namespace(dy, cache.xhat)
     ct = cache.xhat.dtype
-    g = dy.astype(ct, copy=False)
-    xhat = cache.xhat.reshape(cache.input_shape)
+    g = xp.astype(dy, ct, copy=False)
+    xhat = xp.reshape(cache.xhat, cache.input_shape)
     dweight = dbias = None
     if cache.weight is not None:
         dweight = _sum_to_shape(g * xhat, cache.affine_shape, cache.param_shape)
     if cache.has_bias:
         dbias = _sum_to_shape(g, cache.affine_shape, cache.param_shape)
 
-    dxhat = (g * cache.weight if cache.weight is not None else g).reshape(cache.stat_shape)
+    dxhat = xp.reshape(g * cache.weight if cache.weight is not None else g, cache.stat_shape)
     xhat_v = cache.xhat
     if cache.input_stats and cache.count > 0:
         axes = cache.stat_axes
@@ -265,9 +287,8 @@ def _normalize_backward(dy: np.ndarray, cache: NormCache, where: str) -> NormGra
         dx *= cache.rstd
     else:
         dx = dxhat * cache.rstd
-    return NormGrads(
-        dx.reshape(cache.input_shape).astype(cache.input_dtype, copy=False), dweight, dbias
-    )
+    dx = xp.astype(xp.reshape(dx, cache.input_shape), cache.input_dtype, copy=False)
+    return NormGrads(dx, dweight, dbias)
 
 
 def _channel_args(
@@ -289,10 +310,10 @@ def _channel_args(
     given = None
     if not use_input_stats:
         cshape = _channel_shape(x)
-        given = (
-            checks.check_statistic(running_mean, c, "running_mean", where).reshape(cshape),
-            checks.check_statistic(running_var, c, "running_var", where).reshape(cshape),
-        )
+        running_mean = checks.check_statistic(running_mean, c, "running_mean", where)
+        running_var = checks.check_statistic(running_var, c, "running_var", where)
+        xp = namespace(running_mean, running_var)
+        given = (xp.reshape(running_mean, cshape), xp.reshape(running_var, cshape))
     return eps, weight, bias, given
 
 
@@ -367,10 +388,11 @@ def update_running_stats(
     batch_mean = checks.check_statistic(batch_mean, shape, "batch_mean", where)
     batch_var = checks.check_statistic(batch_var, shape, "batch_var", where)
     factor = checks.check_factor(factor, "factor", where)
-    ct = np.result_type(running_mean.dtype, np.float32)
-    new_mean = (1 - factor) * running_mean.astype(ct) + factor * np.asarray(batch_mean, ct)
-    new_var = (1 - factor) * running_var.astype(ct) + factor * np.asarray(batch_var, ct)
-    return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+    xp = namespace(running_mean, running_var, batch_mean, batch_var)
+    ct = xp.result_type(running_mean.dtype, xp.float32)
+    new_mean = (1 - factor) * xp.astype(running_mean, ct) + factor * xp.astype(batch_mean, ct)
+    new_var = (1 - factor) * xp.astype(running_var, ct) + factor * xp.astype(batch_var, ct)
+    return xp.astype(new_mean, running_mean.dtype), xp.astype(new_var, running_var.dtype)
 
 
 def unbiased_variance(biased_var: np.ndarray, count: int) -> np.ndarray:
@@ -433,7 +455,7 @@ def rms_norm_forward(
         x,
         stat_shape=x.shape,
         stat_axes=tuple(range(x.ndim - k, x.ndim)),
-        eps=float(np.finfo(x.dtype).eps) if eps is None else eps,
+        eps=float(namespace(x).finfo(x.dtype).eps) if eps is None else eps,
         weight=weight,
         bias=None,
         affine_shape=tuple(normalized_shape),

@@ -4,8 +4,9 @@ Each updates its arrays in place and returns nothing.  The optimizer classes kee
 hyper-parameters and call these through :func:`normlab.kernels.resolve`, which returns these or their numba
 twins in :mod:`normlab.kernels.optim` (tested equal bit for bit: same operations, same order, same dtype).
 
-Scalars are Python floats; NumPy casts them to the arrays' dtype before each operation, so a float32 parameter
-is updated entirely in float32 arithmetic.
+Scalars are Python floats; NumPy (and any Array API namespace) casts them to the arrays' dtype before each
+operation, so a float32 parameter is updated entirely in float32 arithmetic.  The arrays may be of any Array API
+namespace (NumPy, CuPy, ...; see :func:`normlab.backend.namespace`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from normlab.backend import namespace
 
 
 def adam_update(
@@ -45,11 +48,12 @@ def adam_update(
     exp_avg_sq += (1 - beta2) * g * g
     step_size = lr / (1 - beta1**step)
     sqrt_c2 = math.sqrt(1 - beta2**step)
+    xp = namespace(param)
     v = exp_avg_sq
     if max_exp_avg_sq is not None:
-        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        max_exp_avg_sq[...] = xp.maximum(max_exp_avg_sq, exp_avg_sq)
         v = max_exp_avg_sq
-    param -= step_size * exp_avg / (np.sqrt(v) / sqrt_c2 + eps)
+    param -= step_size * exp_avg / (xp.sqrt(v) / sqrt_c2 + eps)
 
 
 def sgd_update(
@@ -71,7 +75,7 @@ def sgd_update(
     d = grad + weight_decay * param if weight_decay != 0 else grad
     if momentum != 0:
         if momentum_buffer is None:
-            momentum_buffer = np.array(d, copy=True)
+            momentum_buffer = namespace(d).asarray(d, copy=True)
         else:
             momentum_buffer *= momentum
             momentum_buffer += (1 - dampening) * d

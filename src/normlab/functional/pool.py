@@ -15,16 +15,18 @@ PyTorch: zero padding counts) or by the number of real input values in the windo
 
 Both backwards scatter per-window gradients onto the input with :func:`.conv.col2im`.  ``stride`` defaults to
 the kernel size; ``padding`` may be at most half the kernel size (as PyTorch).  ``ceil_mode`` is not
-supported: the output size rounds down.
+supported: the output size rounds down.  The code uses the Array API namespace ``xp`` of the input (see
+:func:`normlab.backend.namespace`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, device_of, namespace
 from normlab.functional.conv import (
     Geometry,
     Pair,
@@ -75,11 +77,12 @@ def max_pool2d_forward(
     """Max over each window of (N, C, H, W) ``x``; returns (N, C, OH, OW) in ``x``'s dtype and the cache."""
     x = check_float_array(x, "max_pool2d")
     geo = pool_geometry(x.shape, kernel_size, stride, padding, "max_pool2d")
+    xp = namespace(x)
     n, c = x.shape[:2]
     oh, ow = geo.output_hw
-    flat = windows(pad_spatial(x, geo.padding, -np.inf), geo).reshape(n, c, oh, ow, -1)
-    argmax = flat.argmax(axis=-1)
-    y = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
+    flat = xp.reshape(windows(pad_spatial(x, geo.padding, -math.inf), geo), (n, c, oh, ow, -1))
+    argmax = xp.argmax(flat, axis=-1)
+    y = xp.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
     return y, MaxPool2dCache(argmax, geo, tuple(x.shape), x.dtype)
 
 
@@ -91,10 +94,13 @@ def max_pool2d_backward(dy: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
             f"max_pool2d backward: expected a gradient of shape {expected}, got {dy.shape}"
         )
     kh, kw = cache.geometry.kernel
-    dflat = np.zeros((*expected, kh * kw), dtype=compute_dtype(cache.input_dtype))
-    np.put_along_axis(dflat, cache.argmax[..., None], np.asarray(dy)[..., None], axis=-1)
-    dx = col2im(dflat.reshape(*expected, kh, kw), cache.geometry)
-    return dx.astype(cache.input_dtype, copy=False)
+    xp = namespace(dy, cache.argmax)
+    g = xp.asarray(dy, dtype=compute_dtype(cache.input_dtype, xp))
+    # each window's gradient at the offset of its maximum, zero at the others
+    at_max = cache.argmax[..., None] == xp.arange(kh * kw, device=device_of(g))
+    dflat = xp.where(at_max, g[..., None], 0.0)
+    dx = col2im(xp.reshape(dflat, (*expected, kh, kw)), cache.geometry)
+    return xp.astype(dx, cache.input_dtype, copy=False)
 
 
 def avg_pool2d_forward(
@@ -107,15 +113,18 @@ def avg_pool2d_forward(
     """Mean over each window of (N, C, H, W) ``x``; returns (N, C, OH, OW) in ``x``'s dtype and the cache."""
     x = check_float_array(x, "avg_pool2d")
     geo = pool_geometry(x.shape, kernel_size, stride, padding, "avg_pool2d")
-    ct = compute_dtype(x.dtype)
+    xp = namespace(x)
+    ct = compute_dtype(x.dtype, xp)
     kh, kw = geo.kernel
-    sums = windows(pad_spatial(x.astype(ct, copy=False), geo.padding), geo).sum(axis=(-2, -1))
+    win = windows(pad_spatial(xp.astype(x, ct, copy=False), geo.padding), geo)
+    # each window row summed, then the row sums: the order the numba kernel adds in (equal bit for bit)
+    sums = xp.sum(xp.sum(win, axis=-1), axis=-1)
     if count_include_pad:
-        divisor = np.full(geo.output_hw, kh * kw, dtype=ct)
+        divisor = xp.full(geo.output_hw, kh * kw, dtype=ct, device=device_of(x))
     else:  # count the real (unpadded) input values in each window
-        ones = pad_spatial(np.ones((1, 1, *geo.input_hw), dtype=ct), geo.padding)
-        divisor = windows(ones, geo).sum(axis=(-2, -1))[0, 0]
-    y = (sums / divisor).astype(x.dtype, copy=False)
+        ones = xp.ones((1, 1, *geo.input_hw), dtype=ct, device=device_of(x))
+        divisor = xp.sum(windows(pad_spatial(ones, geo.padding), geo), axis=(-2, -1))[0, 0, ...]
+    y = xp.astype(sums / divisor, x.dtype, copy=False)
     return y, AvgPool2dCache(divisor, geo, tuple(x.shape), x.dtype)
 
 
@@ -126,6 +135,7 @@ def avg_pool2d_backward(dy: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
         raise ValueError(
             f"avg_pool2d backward: expected a gradient of shape {expected}, got {dy.shape}"
         )
-    share = np.asarray(dy, dtype=cache.divisor.dtype) / cache.divisor
-    dwindows = np.broadcast_to(share[..., None, None], (*expected, *cache.geometry.kernel))
-    return col2im(dwindows, cache.geometry).astype(cache.input_dtype, copy=False)
+    xp = namespace(dy, cache.divisor)
+    share = xp.asarray(dy, dtype=cache.divisor.dtype) / cache.divisor
+    dwindows = xp.broadcast_to(share[..., None, None], (*expected, *cache.geometry.kernel))
+    return xp.astype(col2im(dwindows, cache.geometry), cache.input_dtype, copy=False)

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from normlab.backend import check_float_array, compute_dtype
+from normlab.backend import check_float_array, compute_dtype, namespace
 from normlab.functional import checks
 from normlab.functional.checks import check_gradient
 from normlab.functional.norm import (
@@ -169,8 +169,9 @@ def renorm_corrections(
     clipping: RenormClipping,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``r = clip(σ_B / σ, r_min, r_max)`` and ``d = clip((μ_B − μ) / σ, −d_max, d_max)``, per channel."""
-    r = np.clip(batch_std / moving_std, clipping.lower, clipping.r_max)
-    d = np.clip((batch_mean - moving_mean) / moving_std, -clipping.d_max, clipping.d_max)
+    xp = namespace(batch_mean, batch_std, moving_mean, moving_std)
+    r = xp.clip(batch_std / moving_std, clipping.lower, clipping.r_max)
+    d = xp.clip((batch_mean - moving_mean) / moving_std, -clipping.d_max, clipping.d_max)
     return r, d
 
 
@@ -204,23 +205,28 @@ def batch_renorm_forward(
     moving_mean = checks.check_statistic(moving_mean, c, "moving_mean", "batch_renorm")
     moving_std = checks.check_statistic(moving_std, c, "moving_std", "batch_renorm")
     xhat, norm_cache = norm.forward(x, None, None, use_input_stats=True, eps=eps)
-    ct = compute_dtype(x.dtype)
-    xhat = xhat.astype(ct, copy=False)
+    xp = namespace(x, weight, bias, moving_mean, moving_std)
+    ct = compute_dtype(x.dtype, xp)
+    xhat = xp.astype(xhat, ct, copy=False)
     channels = xhat.shape[1]
-    mean_b = norm_cache.mean.reshape(channels)
-    std_b = np.sqrt(norm_cache.var.reshape(channels) + np.asarray(eps, ct))
+    mean_b = xp.reshape(norm_cache.mean, (channels,))
+    std_b = xp.sqrt(xp.reshape(norm_cache.var, (channels,)) + eps)
     r, d = renorm_corrections(
-        mean_b, std_b, np.asarray(moving_mean, ct), np.asarray(moving_std, ct), clipping
+        mean_b,
+        std_b,
+        xp.astype(moving_mean, ct, copy=False),
+        xp.astype(moving_std, ct, copy=False),
+        clipping,
     )
-    gamma = None if weight is None else np.asarray(weight, ct)
+    gamma = None if weight is None else xp.astype(weight, ct, copy=False)
     scale = r if gamma is None else gamma * r
     shift = d if gamma is None else gamma * d
     if bias is not None:
-        shift = shift + np.asarray(bias, ct)
+        shift = shift + xp.astype(bias, ct, copy=False)
     cshape = (1, channels) + (1,) * (xhat.ndim - 2)
-    y = xhat * scale.reshape(cshape) + shift.reshape(cshape)
+    y = xhat * xp.reshape(scale, cshape) + xp.reshape(shift, cshape)
     cache = BatchRenormCache(norm_cache, norm, xhat, r, d, gamma, bias is not None)
-    return y.astype(x.dtype, copy=False), cache
+    return xp.astype(y, x.dtype, copy=False), cache
 
 
 def batch_renorm_backward(dy: np.ndarray, cache: BatchRenormCache) -> NormGrads:
@@ -233,15 +239,16 @@ def batch_renorm_backward(dy: np.ndarray, cache: BatchRenormCache) -> NormGrads:
             f"batch_renorm backward: expected the forward's BatchRenormCache, got {cache!r}"
         )
     dy = check_gradient(dy, cache.norm.input_shape, "batch_renorm backward")
+    xp = namespace(dy, cache.r)
     ct = cache.r.dtype
-    g = dy.astype(ct, copy=False)
+    g = xp.astype(dy, ct, copy=False)
     channels = dy.shape[1]
     cshape = (1, channels) + (1,) * (dy.ndim - 2)
     axes = (0, *range(2, dy.ndim))
     scale = cache.r if cache.weight is None else cache.weight * cache.r
-    dx = cache.norm_op.backward(g * scale.reshape(cshape), cache.norm).dx
-    sum_g = g.sum(axis=axes, dtype=np.float64).astype(ct)
-    sum_g_xhat = (g * cache.xhat).sum(axis=axes, dtype=np.float64).astype(ct)
+    dx = cache.norm_op.backward(g * xp.reshape(scale, cshape), cache.norm).dx
+    sum_g = xp.astype(xp.sum(g, axis=axes, dtype=xp.float64), ct)
+    sum_g_xhat = xp.astype(xp.sum(g * cache.xhat, axis=axes, dtype=xp.float64), ct)
     dweight = None if cache.weight is None else cache.r * sum_g_xhat + cache.d * sum_g
     dbias = sum_g if cache.has_bias else None
     return NormGrads(dx, dweight, dbias)
@@ -258,10 +265,15 @@ def update_moving_moments(
 
     Returns new arrays in the moving statistics' dtype.
     """
-    ct = np.result_type(moving_mean.dtype, np.float32)
-    new_mean = moving_mean.astype(ct) + momentum * (np.asarray(batch_mean, ct) - moving_mean)
-    new_std = moving_std.astype(ct) + momentum * (np.asarray(batch_std, ct) - moving_std)
-    return new_mean.astype(moving_mean.dtype), new_std.astype(moving_std.dtype)
+    xp = namespace(moving_mean, moving_std, batch_mean, batch_std)
+    ct = xp.result_type(moving_mean.dtype, xp.float32)
+    new_mean = xp.astype(moving_mean, ct) + momentum * (
+        xp.astype(batch_mean, ct, copy=False) - moving_mean
+    )
+    new_std = xp.astype(moving_std, ct) + momentum * (
+        xp.astype(batch_std, ct, copy=False) - moving_std
+    )
+    return xp.astype(new_mean, moving_mean.dtype), xp.astype(new_std, moving_std.dtype)
 
 
 # --------------------------------------------------------------------------------------- ghost batch norm
@@ -304,11 +316,14 @@ def ghost_batch_norm_forward(
         )
     outputs, caches = [], []
     for start in range(0, x.shape[0], v):
-        y, cache = norm.forward(x[start : start + v], weight, bias, use_input_stats=True, eps=eps)
+        y, cache = norm.forward(
+            x[start : start + v, ...], weight, bias, use_input_stats=True, eps=eps
+        )
         outputs.append(y)
         caches.append(cache)
     mean, var, count = merge_moments([(c.mean, c.var, c.count) for c in caches])
-    out = np.concatenate(outputs, axis=0) if outputs else x.copy()
+    xp = namespace(x)
+    out = xp.concat(outputs, axis=0) if outputs else xp.asarray(x, copy=True)
     return out, GhostBatchNormCache(tuple(caches), norm, v, mean, var, count, x.shape)
 
 
@@ -320,8 +335,8 @@ def ghost_batch_norm_backward(dy: np.ndarray, cache: GhostBatchNormCache) -> Nor
     dy = check_gradient(dy, cache.input_shape, "ghost_batch_norm backward")
     v = cache.virtual_batch_size
     backward = cache.norm_op.backward
-    grads = [backward(dy[i * v : (i + 1) * v], c) for i, c in enumerate(cache.chunks)]
-    dx = np.concatenate([g.dx for g in grads], axis=0)
+    grads = [backward(dy[i * v : (i + 1) * v, ...], c) for i, c in enumerate(cache.chunks)]
+    dx = namespace(dy).concat([g.dx for g in grads], axis=0)
     dweight = None if grads[0].dweight is None else sum(g.dweight for g in grads)
     dbias = None if grads[0].dbias is None else sum(g.dbias for g in grads)
     return NormGrads(dx, dweight, dbias)
@@ -338,8 +353,9 @@ def merge_moments(
     mean = var = None
     total = 0
     for part_mean, part_var, n in parts:
-        part_mean = np.asarray(part_mean, np.float64)
-        part_m2 = np.asarray(part_var, np.float64) * n
+        xp = namespace(part_mean, part_var)
+        part_mean = xp.astype(xp.asarray(part_mean), xp.float64)
+        part_m2 = xp.astype(xp.asarray(part_var), xp.float64) * n
         if mean is None:
             mean, m2, total = part_mean, part_m2, n
             continue
@@ -351,8 +367,9 @@ def merge_moments(
     if mean is None:
         raise ValueError("merge_moments: nothing to merge")
     var = m2 / total
-    dtype = np.asarray(parts[0][0]).dtype
-    return mean.astype(dtype), var.astype(dtype), total
+    xp = namespace(parts[0][0])
+    dtype = xp.asarray(parts[0][0]).dtype
+    return xp.astype(mean, dtype), xp.astype(var, dtype), total
 
 
 # --------------------------------------------------------------------------------------- weight standardization
@@ -393,27 +410,33 @@ def batch_norm_backward_from_sums(
     shares of ``Σ dy·x̂`` and ``Σ dy`` (summing the parts' gives the whole batch's).
     """
     dy = check_gradient(dy, cache.input_shape, "batch_norm_backward_from_sums")
+    xp = namespace(dy, cache.xhat, sum_dy, sum_dy_xhat)
     ct = cache.xhat.dtype
-    g = dy.astype(ct, copy=False)
+    g = xp.astype(dy, ct, copy=False)
     channels = dy.shape[1]
     cshape = (1, channels) + (1,) * (dy.ndim - 2)
     axes = (0, *range(2, dy.ndim))
-    xhat = cache.xhat.reshape(dy.shape)
-    mean_dy = (np.asarray(sum_dy, np.float64) / count).astype(ct).reshape(cshape)
-    mean_dy_xhat = (np.asarray(sum_dy_xhat, np.float64) / count).astype(ct).reshape(cshape)
-    dx = (g - mean_dy - xhat * mean_dy_xhat) * cache.rstd.reshape(cshape)
+    xhat = xp.reshape(cache.xhat, dy.shape)
+
+    def per_channel_mean(total: np.ndarray) -> np.ndarray:
+        return xp.reshape(xp.astype(xp.astype(total, xp.float64) / count, ct), cshape)
+
+    mean_dy, mean_dy_xhat = per_channel_mean(sum_dy), per_channel_mean(sum_dy_xhat)
+    dx = (g - mean_dy - xhat * mean_dy_xhat) * xp.reshape(cache.rstd, cshape)
     if cache.weight is not None:
         dx *= cache.weight
     dweight = None
     if cache.weight is not None:
-        dweight = (g * xhat).sum(axis=axes, dtype=np.float64).astype(ct).reshape(cache.param_shape)
-    dbias = g.sum(axis=axes, dtype=np.float64).astype(ct) if cache.has_bias else None
-    return NormGrads(dx.astype(cache.input_dtype, copy=False), dweight, dbias)
+        dweight = xp.sum(g * xhat, axis=axes, dtype=xp.float64)
+        dweight = xp.reshape(xp.astype(dweight, ct), cache.param_shape)
+    dbias = xp.astype(xp.sum(g, axis=axes, dtype=xp.float64), ct) if cache.has_bias else None
+    return NormGrads(xp.astype(dx, cache.input_dtype, copy=False), dweight, dbias)
 
 
 def channel_sums(dy: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``Σ dy`` and ``Σ dy·x̂`` per channel (axis 1), in float64: what a batch norm's backward needs from
     every part of a batch before any part's dx is final."""
     axes = (0, *range(2, dy.ndim))
-    dy64 = np.asarray(dy, np.float64)
-    return dy64.sum(axis=axes), (dy64 * xhat.reshape(dy.shape)).sum(axis=axes)
+    xp = namespace(dy, xhat)
+    dy64 = xp.astype(dy, xp.float64)
+    return xp.sum(dy64, axis=axes), xp.sum(dy64 * xp.reshape(xhat, dy.shape), axis=axes)

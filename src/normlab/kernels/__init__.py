@@ -12,8 +12,11 @@ The record (:class:`Backend`) is selected by :func:`use` or by ``NORMLAB_KERNELS
 * ``reference``: the NumPy reference (:mod:`normlab.functional`) for every op.
 
 The reference is what an op resolves to wherever no fast path is registered: for the op itself (``linear``,
-``tanh``, ...), for the dtype (float16), for an empty input, and for in-place updates whose arrays are not all
-contiguous, writeable and of one dtype.  That rule lives in :meth:`Backend.resolve` and nowhere else.
+``tanh``, ...), for the dtype (float16), for an empty input, for in-place updates whose arrays are not all
+contiguous, writeable and of one dtype, and for arrays that are not NumPy arrays (the reference is written
+against the Array API, so it runs on any namespace), except CuPy arrays of a normalization, which go to the
+numba-cuda kernels (:mod:`normlab.kernels.cuda`) unless the backend is ``reference``.  That rule lives in
+:meth:`Backend.resolve` and nowhere else.
 
 The choice is made on first use (the first forward of a layer), not at ``import normlab``, so importing stays
 fast; numba compiles each loop on its first call for a dtype (:mod:`normlab.kernels._compile`) and caches the
@@ -29,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import array_api_compat
 import numpy as np
 
 from normlab import functional as F
@@ -71,6 +75,14 @@ REFERENCE: Mapping[str, Op] = {
 # there is none (batch norm + activation: the two ops in sequence, see normlab.nn.BatchNormAct).
 FUSED_OPS = ("batch_norm_relu", "batch_norm_sigmoid")
 _IN_PLACE = frozenset({"adam_update"})  # fast paths that write into their arrays
+# ops with a numba-cuda kernel for CuPy arrays (normlab.kernels.cuda, same signatures as the reference)
+CUDA_OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm")
+
+
+def _cuda_op(name: str) -> Op:
+    """The numba-cuda kernel of normalization ``name`` (imports neither CUDA nor numba-cuda yet)."""
+    cuda = importlib.import_module("normlab.kernels.cuda")
+    return Op(getattr(cuda, f"{name}_forward"), getattr(cuda, f"{name}_backward"))
 
 
 def _numba_ops() -> dict[str, Op]:
@@ -104,11 +116,16 @@ class Backend:
     def fast_path(self, name: str, *arrays: np.ndarray) -> Op | None:
         """The fast path of op ``name`` for these arrays (the first is the input), or ``None`` where there is
         none: no fast path registered, a dtype it does not take (float16), an empty input, or, for an update
-        that writes in place, arrays that are not all contiguous, writeable and of the input's dtype."""
+        that writes in place, arrays that are not all contiguous, writeable and of the input's dtype; for an
+        input of another array library, the CUDA kernel of a normalization on CuPy arrays, else ``None``."""
+        x = arrays[0]
+        if not isinstance(x, np.ndarray):  # another array library: the reference, or a CUDA kernel
+            if name in CUDA_OPS and self.name != "reference" and array_api_compat.is_cupy_array(x):
+                return _cuda_op(name)
+            return None
         fast = self.fast.get(name)
         if fast is None:
             return None
-        x = arrays[0]
         if x.dtype not in self.fast_dtypes or x.size == 0:
             return None
         if name in _IN_PLACE and not all(
@@ -213,6 +230,7 @@ def describe() -> str:
 
 __all__ = [
     "CHOICES",
+    "CUDA_OPS",
     "ENV_VAR",
     "FUSED_OPS",
     "REFERENCE",

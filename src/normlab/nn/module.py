@@ -9,6 +9,11 @@ A layer keeps two kinds of arrays:
 
 There is no autograd graph.  ``forward`` keeps what its ``backward`` needs; ``backward(dy)`` returns the
 gradient with respect to the input and *accumulates* parameter gradients into ``param.grad``, as PyTorch does.
+
+Devices.  The arrays are NumPy arrays by default; ``model.to("cuda")`` makes them CuPy arrays on a GPU,
+``model.to("cpu")`` NumPy again, and a device object of the arrays' own Array API namespace moves them within
+it.  Calling a module with an input on another device than its parameters is refused with an error that
+names the module and both devices.
 """
 
 from __future__ import annotations
@@ -17,9 +22,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+import array_api_compat
 import numpy as np
 
-from normlab.backend import FLOAT_DTYPES
+from normlab.backend import FLOAT_DTYPES, device_of, is_float_dtype, namespace
+
+
+def _is_array(value: Any) -> bool:
+    """Whether ``value`` is an array of an Array API namespace (NumPy, CuPy, array-api-strict, ...)."""
+    return isinstance(value, np.ndarray) or (
+        array_api_compat.is_array_api_obj(value) and not isinstance(value, np.generic)
+    )
+
+
+def _where(a: Any) -> str:
+    """The library and device of array ``a``, for messages: ``a numpy array on cpu``."""
+    return f"a {type(a).__module__.split('.')[0]} array on {device_of(a)}"
 
 
 class Parameter:
@@ -31,8 +49,9 @@ class Parameter:
     __slots__ = ("data", "grad", "requires_grad")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True) -> None:
-        data = np.asarray(data)
-        if data.dtype not in FLOAT_DTYPES:
+        if not _is_array(data):
+            data = np.asarray(data)
+        if not is_float_dtype(data.dtype, namespace(data)):
             raise TypeError(f"Parameter: expected a floating-point array, got dtype {data.dtype}")
         self.data: np.ndarray = data
         self.grad: np.ndarray | None = None
@@ -59,7 +78,7 @@ class Parameter:
                 f"gradient of shape {grad.shape} does not match parameter of shape {self.data.shape}"
             )
         if self.grad is None:
-            self.grad = grad.astype(self.data.dtype, copy=True)
+            self.grad = namespace(grad).astype(grad, self.data.dtype, copy=True)
         else:
             self.grad += grad
 
@@ -68,6 +87,88 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _dtype_caster(dtype: Any) -> Callable[[Any], Any]:
+    """Cast a floating-point array to ``dtype`` (the namespace's dtype of that name); others stay."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(
+            f"Module.to: expected a floating-point dtype or a device ('cpu', 'cuda'), got {dtype!r}"
+        ) from err
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"Module.to: expected a floating-point dtype, got {dt}")
+
+    def cast(a: Any) -> Any:
+        xp = namespace(a)
+        if not is_float_dtype(a.dtype, xp):
+            return a
+        return xp.astype(a, dt if isinstance(a, np.ndarray) else getattr(xp, dt.name))
+
+    return cast
+
+
+def _device_mover(device: str) -> Callable[[Any], Any]:
+    """Move an array to ``"cpu"`` (a NumPy array) or ``"cuda[:N]"`` (a CuPy array on GPU N)."""
+    if device == "cpu":
+        return _to_numpy
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or device.count(":") > 1 or (":" in device and not index.isdigit()):
+        raise ValueError(f"Module.to: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    cupy = _cupy_for(device)
+    gpu = int(index or 0)
+
+    def move(a: Any) -> Any:
+        with cupy.cuda.Device(gpu):
+            return cupy.asarray(a)
+
+    return move
+
+
+def _cupy_for(device: str) -> Any:
+    """CuPy, once it is known to import and to see the GPU ``device`` names; else a ``RuntimeError``."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError(
+            f"Module.to({device!r}): CUDA arrays need CuPy, which is not installed here; install the GPU "
+            "extra, pip install 'normlab[gpu]' (CUDA 12) or 'normlab[gpu-cu13]' (CUDA 13)"
+        ) from err
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CuPy without a driver or a GPU raises its own runtime errors
+        raise RuntimeError(
+            f"Module.to({device!r}): CuPy sees no usable CUDA device ({err})"
+        ) from err
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise RuntimeError(f"Module.to({device!r}): there are {count} CUDA device(s) here")
+    return cupy
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    """``a`` as a NumPy array in host memory (CuPy arrays are copied from the GPU)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if array_api_compat.is_cupy_array(a):
+        return a.get()
+    try:
+        return np.asarray(a)
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise RuntimeError(f"Module.to('cpu'): cannot copy {_where(a)} to NumPy ({err})") from err
+
+
+def _namespace_mover(device: Any) -> Callable[[Any], Any]:
+    """Move an array to ``device``, a device of the array's own namespace."""
+
+    def move(a: Any) -> Any:
+        try:
+            return array_api_compat.to_device(a, device)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Module.to: cannot move {_where(a)} to {device!r} ({err})") from err
+
+    return move
 
 
 class IncompatibleKeys(NamedTuple):
@@ -120,7 +221,7 @@ class Module:
                 raise TypeError(f"cannot assign {type(value).__name__} to parameter '{name}'")
             params[name] = None
         elif name in self._buffers:
-            if value is not None and not isinstance(value, np.ndarray):
+            if value is not None and not _is_array(value):
                 raise TypeError(f"buffer '{name}' must be a numpy array or None")
             self._buffers[name] = value
         elif name in self._modules:
@@ -152,7 +253,7 @@ class Module:
 
     def register_buffer(self, name: str, value: np.ndarray | None, persistent: bool = True) -> None:
         """Register state that is saved in ``state_dict`` (unless ``persistent=False``) but never learned."""
-        if value is not None and not isinstance(value, np.ndarray):
+        if value is not None and not _is_array(value):
             raise TypeError(f"buffer '{name}' must be a numpy array or None")
         self._forget(name)
         self._buffers[name] = value
@@ -175,7 +276,33 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            self._check_input_device(args[0])
         return self.forward(*args, **kwargs)
+
+    def _own_array(self) -> Any:
+        """This module's first parameter, else its first floating-point buffer, else ``None``: where its
+        inputs must live."""
+        for p in self._parameters.values():
+            if p is not None:
+                return p.data
+        for b in self._buffers.values():
+            if b is not None and is_float_dtype(b.dtype, namespace(b)):
+                return b
+        return None
+
+    def _check_input_device(self, x: Any) -> None:
+        """Refuse an input that lives on another device (or in another array library) than this module's
+        parameters, naming the module and both; containers check nothing themselves, their layers do."""
+        own = self._own_array()
+        if own is None or (type(x) is np.ndarray and type(own) is np.ndarray) or not _is_array(x):
+            return
+        if type(x) is not type(own) or device_of(x) != device_of(own):
+            raise ValueError(
+                f"{type(self).__name__}({self.extra_repr()}): the input is {_where(x)}, but the "
+                f"layer's parameters are {_where(own)}; move the input there, or the model with "
+                f"model.to(...)"
+            )
 
     # ----------------------------------------------------------------------------------- traversal
     def named_children(self) -> Iterator[tuple[str, Module]]:
@@ -270,19 +397,38 @@ class Module:
             elif p.grad is not None:
                 p.grad[...] = 0
 
-    def to(self, dtype: Any) -> Module:
-        """Cast every parameter and floating-point buffer to ``dtype`` (in place); returns ``self``."""
-        dt = np.dtype(dtype)
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"Module.to: expected a floating-point dtype, got {dt}")
+    def to(self, target: Any) -> Module:
+        """Cast to a dtype or move to a device, in place; returns ``self`` (as PyTorch's ``Module.to``).
+
+        ``target`` is a floating-point dtype (``np.float64``, ``"float32"``...): every parameter, gradient and
+        floating-point buffer is cast to it; or a device: ``"cpu"`` (NumPy arrays), ``"cuda"`` or
+        ``"cuda:N"`` (CuPy arrays on GPU N; ``pip install 'normlab[gpu]'``), or a device object of the
+        namespace the arrays are in (e.g. ``array_api_strict.Device("device1")``): every parameter,
+        gradient and buffer moves there.  The target is checked before anything moves.
+        """
+        if isinstance(target, str) and target.split(":")[0] in ("cpu", "cuda"):
+            move = _device_mover(target)
+        elif isinstance(target, (str, type, np.dtype)):
+            move = _dtype_caster(target)
+        else:
+            move = _namespace_mover(target)
+        moved: list[
+            tuple[Any, str, Any]
+        ] = []  # all arrays first: a failure leaves everything in place
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None:
-                    p.data = p.data.astype(dt)
-                    p.grad = None if p.grad is None else p.grad.astype(dt)
+                    moved.append((p, "data", move(p.data)))
+                    if p.grad is not None:
+                        moved.append((p, "grad", move(p.grad)))
             for name, b in m._buffers.items():
-                if b is not None and b.dtype in FLOAT_DTYPES:
-                    m._buffers[name] = b.astype(dt)
+                if b is not None:
+                    moved.append((m._buffers, name, move(b)))
+        for holder, key, value in moved:
+            if isinstance(holder, dict):
+                holder[key] = value
+            else:
+                setattr(holder, key, value)
         return self
 
     def float(self) -> Module:
