@@ -184,7 +184,8 @@ class ImageFolder:
     Indexing: ``folder[i]`` is ``(x (C, H, W), label)``; ``folder[indices]`` (an int array, list or slice) is
     ``(x (n, C, H, W), labels (n,))`` -- the protocol :class:`~normlab.data.DataLoader` iterates over:
 
-    >>> loader = DataLoader(ImageFolder("pets", size=(64, 64)), batch_size=32, seed=0)  # doctest: +SKIP
+    Examples:
+        >>> loader = DataLoader(ImageFolder("pets", size=(64, 64)), batch_size=32, seed=0)  # doctest: +SKIP
     """
 
     def __init__(

@@ -114,7 +114,8 @@ def fit(
     Args:
         loss: a loss module with ``forward(pred, target)``/``backward()``; ``CrossEntropyLoss()`` by default.
         epochs: train until this many epochs are completed (counting from ``initial_epoch``, for resuming).
-        batch_size, shuffle: how arrays are cut into batches (a batch source batches itself).
+        batch_size: how many samples per batch when ``x`` and ``y`` are arrays (a batch source batches itself).
+        shuffle: whether arrays are shuffled each epoch (a batch source decides for itself).
         validation_data: ``(x_val, y_val)`` arrays or a batch source, evaluated in eval mode after each epoch.
         validation_split: fraction of the arrays held out for validation: the *last* samples, before
             shuffling (as Keras).
