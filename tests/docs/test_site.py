@@ -51,6 +51,7 @@ API_PAGES = {
     ],
     "distributed": ["normlab.distributed.get_world", "normlab.distributed.ShardedLoader"],
     "doctor": ["normlab.doctor.doctor", "normlab.doctor.Finding"],
+    "kernels": ["normlab.kernels.use", "normlab.kernels.cuda.batch_norm_forward"],
 }
 GUIDES = ["from-pytorch", "from-keras", "lab", "performance", "distributed", "gpu"]
 
@@ -132,8 +133,18 @@ def test_every_api_page_documents_its_public_names(site):
 
 
 def test_guides_and_existing_docs_are_pages(site):
-    for source in ["index.md", "architecture.md", "doctor.md", *(f"guides/{g}.md" for g in GUIDES)]:
+    pages = [
+        "index.md",
+        "architecture.md",
+        "doctor.md",
+        "benchmarks.md",
+        *(f"guides/{g}.md" for g in GUIDES),
+    ]
+    for source in pages:
         assert _page(site, source).is_file(), f"{source} was not built"
+    # BENCHMARKS.md (repository root) is included into the benchmarks page, tables and all
+    benchmarks = _page(site, "benchmarks.md").read_text(encoding="utf-8")
+    assert benchmarks.count("<table") >= 3 and "--8&lt;--" not in benchmarks
 
 
 def test_every_tutorial_was_executed_with_its_outputs(site):
