@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import sys
 from typing import Any
 
 import griffe
@@ -29,7 +30,15 @@ class RuntimeDocstrings(griffe.Extension):
     def on_class_instance(self, *, node: Any, cls: griffe.Class, agent: Any, **kwargs: Any) -> None:
         if cls.docstring is not None or not _assigns_doc(node):
             return
-        runtime = griffe.dynamic_import(cls.path)
+        # import from the source tree griffe reads (src/), whether or not normlab is installed
+        source_root = cls.package.filepath.parent.parent
+        try:
+            runtime = griffe.dynamic_import(cls.path, import_paths=[str(source_root), *sys.path])
+        except (
+            ImportError
+        ) as error:  # logged as a griffe warning: mkdocs build --strict fails on it
+            griffe.logger.warning(f"{cls.path}: cannot import it to read its __doc__: {error}")
+            return
         text = inspect.getdoc(runtime)
         if text:
             cls.docstring = griffe.Docstring(
