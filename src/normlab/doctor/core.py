@@ -33,8 +33,8 @@ def doctor(
         batch_size: how an array ``batches`` is cut.
 
     Returns:
-        The :class:`Report`: its ``findings`` (code, severity, layer, message, evidence, fix), most severe
-        first; ``report.codes("warning")`` is the set of codes at or above a severity.
+        The :class:`Report`: its ``findings`` (code, severity, layer, message, evidence, fix), most
+            severe first; ``report.codes("warning")`` is the set of codes at or above a severity.
 
     Raises:
         DoctorError: data that does not fit the model (nothing changed either).

@@ -383,7 +383,7 @@ def batch_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
 
     Returns:
         ``NormGrads(dx, dweight, dbias)``; ``dweight``/``dbias`` are ``None`` when the forward had no
-        weight/bias.
+            weight/bias.
 
     Examples:
         >>> import numpy as np

@@ -103,8 +103,8 @@ def fold_batch_norm(model: nn.Module) -> FoldedSequential:
         model: a ``Sequential`` (nested ones included) or a single layer.
 
     Returns:
-        A :class:`FoldedSequential` in eval mode.  :func:`fold_batch_norm_report` also says which layers
-        folded and which were kept, and why.
+        A :class:`FoldedSequential` in eval mode.  :func:`fold_batch_norm_report` also says which
+            layers folded and which were kept, and why.
 
     Examples:
         >>> import numpy as np

@@ -151,8 +151,8 @@ def fit(
             once per finding code (:class:`normlab.doctor.DoctorCallback`).
 
     Returns:
-        The :class:`History`: one record per epoch (``loss``, metrics, ``val_*``, ``lr``) and per step.  The
-        modes of all modules are restored afterwards, whatever happens.
+        The :class:`History`: one record per epoch (``loss``, metrics, ``val_*``, ``lr``) and per step.
+            The modes of all modules are restored afterwards, whatever happens.
 
     Examples:
         >>> import numpy as np
