@@ -1,6 +1,6 @@
 """The documentation site builds with ``mkdocs build --strict`` and reads as a learner needs it.
 
-One build (module fixture) executes every tutorial in ``docs/tutorials/`` (mkdocs-jupyter, ``allow_errors:
+One build (one test) executes every tutorial in ``docs/tutorials/`` (mkdocs-jupyter, ``allow_errors:
 false``: a failing cell fails the build) and renders the API reference from the docstrings; the tests then
 read the HTML it wrote.  A second, tiny build proves that a tutorial cell that raises does fail the build.
 """
@@ -70,16 +70,6 @@ def _build(config: Path, site_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    site_dir = tmp_path_factory.mktemp("site")
-    result = _build(ROOT / "mkdocs.yml", site_dir)
-    assert result.returncode == 0, (
-        f"mkdocs build --strict failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
-    )
-    return site_dir
-
-
 def _page(site: Path, source: str) -> Path:
     """The HTML file mkdocs writes for ``source`` (a path under docs/, directory URLs)."""
     stem = source.rsplit(".", 1)[0]
@@ -113,7 +103,7 @@ def _external(url: str) -> bool:
     return bool(re.match(r"^(https?:)?//", url.strip(), re.IGNORECASE))
 
 
-def test_every_api_page_documents_its_public_names(site):
+def _check_every_api_page_documents_its_public_names(site: Path) -> None:
     for page in API_PAGES:
         module_name = "normlab" if page == "normlab" else f"normlab.{page}"
         module = importlib.import_module(module_name)
@@ -132,7 +122,7 @@ def test_every_api_page_documents_its_public_names(site):
         )
 
 
-def test_guides_and_existing_docs_are_pages(site):
+def _check_guides_and_existing_docs_are_pages(site: Path) -> None:
     pages = [
         "index.md",
         "architecture.md",
@@ -147,12 +137,8 @@ def test_guides_and_existing_docs_are_pages(site):
     assert benchmarks.count("<table") >= 3 and "--8&lt;--" not in benchmarks
 
 
-def test_every_tutorial_was_executed_with_its_outputs(site):
-    if not TUTORIALS:
-        pytest.skip(
-            "docs/tutorials/ holds no tutorial yet (the API, guide and math tests still ran)"
-        )
-    for tutorial in TUTORIALS:
+def _check_every_tutorial_was_executed_with_its_outputs(site: Path) -> None:
+    for tutorial in TUTORIALS:  # none before the tutorials land: the other checks still run
         page = _page(site, f"tutorials/{tutorial.name}")
         assert page.is_file(), f"{tutorial.name}: no page"
         html = page.read_text(encoding="utf-8")
@@ -164,7 +150,7 @@ def test_every_tutorial_was_executed_with_its_outputs(site):
             assert 'src="data:image/png;base64,' in html, f"{tutorial.name}: no figure shown"
 
 
-def test_math_is_mathml_on_markdown_pages_and_tutorials(site):
+def _check_math_is_mathml_on_markdown_pages_and_tutorials(site: Path) -> None:
     index = _page(site, "index.md").read_text(encoding="utf-8")
     assert "<math" in index, "the index's formula was not converted to MathML"
     for html_file in site.rglob("*.html"):
@@ -182,7 +168,7 @@ def test_math_is_mathml_on_markdown_pages_and_tutorials(site):
             assert "<math" in html, f"{tutorial.name}: has $...$ math but no MathML"
 
 
-def test_no_page_loads_anything_from_the_network(site):
+def _check_no_page_loads_anything_from_the_network(site: Path) -> None:
     pages = list(site.rglob("*.html"))
     assert len(pages) >= 1 + len(API_PAGES) + len(GUIDES) + len(TUTORIALS)
     for html_file in pages:
@@ -199,6 +185,20 @@ def test_no_page_loads_anything_from_the_network(site):
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), (
             f"{css.relative_to(site)} loads a URL"
         )
+
+
+def test_the_site_builds_strictly_and_reads_well(tmp_path):
+    """One build (one test, so that pytest-xdist never runs it twice), then every check on its HTML."""
+    site = tmp_path / "site"
+    result = _build(ROOT / "mkdocs.yml", site)
+    assert result.returncode == 0, (
+        f"mkdocs build --strict failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    )
+    _check_every_api_page_documents_its_public_names(site)
+    _check_guides_and_existing_docs_are_pages(site)
+    _check_every_tutorial_was_executed_with_its_outputs(site)
+    _check_math_is_mathml_on_markdown_pages_and_tutorials(site)
+    _check_no_page_loads_anything_from_the_network(site)
 
 
 def test_a_failing_tutorial_cell_fails_the_build(tmp_path):
