@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 LINTED := $(wildcard src tests benchmarks)
 # the extras `make test` installs (comma-separated, as pip writes them)
-TEST_EXTRAS ?= test
+TEST_EXTRAS ?= test,docs
 # e.g. torch==2.13.0: the first pinned torch of pyproject.toml, empty if there is none
 TORCH_PIN := $(shell sed -n 's/^[[:space:]]*"\(torch==[^"; ]*\)".*/\1/p' pyproject.toml | head -n 1)
 
@@ -19,7 +19,7 @@ TORCH_PIN := $(shell sed -n 's/^[[:space:]]*"\(torch==[^"; ]*\)".*/\1/p' pyproje
 install = if [ -x $(UV) ] && $(UV) pip install -q --python $(BIN)/python $(1); then :; \
           else $(BIN)/python -m pip install -q $(1); fi
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,12 @@ test: lint
 bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks.run
 
+# the documentation site, into ./site; --strict: a broken link, a missing page or a failing tutorial cell fails
+docs: $(VENV)/.test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

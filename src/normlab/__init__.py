@@ -1,11 +1,12 @@
 """normlab: batch normalization and its family, from first principles.
 
->>> import numpy as np
->>> import normlab as nl
->>> bn = nl.nn.BatchNorm1d(3)
->>> y = bn(np.random.default_rng(0).normal(5.0, 2.0, size=(64, 3)).astype(np.float32))
->>> bool(np.allclose(y.mean(axis=0), 0, atol=1e-5))
-True
+Examples:
+    >>> import numpy as np
+    >>> import normlab as nl
+    >>> bn = nl.nn.BatchNorm1d(3)
+    >>> y = bn(np.random.default_rng(0).normal(5.0, 2.0, size=(64, 3)).astype(np.float32))
+    >>> bool(np.allclose(y.mean(axis=0), 0, atol=1e-5))
+    True
 """
 
 from normlab import data, doctor, functional, nn, optim  # doctor: callable, nl.doctor(model)

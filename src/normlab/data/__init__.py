@@ -5,13 +5,14 @@ CIFAR-10 / Fashion-MNIST downloaded on request (:mod:`normlab.data.color_dataset
 Everything works offline on the bundled data; only :func:`download_mnist` (or ``load_mnist(..., download=True)``,
 or ``normlab data download mnist``) touches the network.
 
->>> from normlab.data import load_mnist, DataLoader, scale_01, flatten
->>> train, val, test = load_mnist("sample")
->>> train.x.shape, train.x.dtype.name, train.y.dtype.name
-((6000, 28, 28), 'uint8', 'int64')
->>> loader = DataLoader(flatten(scale_01(train.x)), train.y, batch_size=100, seed=0)
->>> len(loader), next(iter(loader))[0].shape
-(60, (100, 784))
+Examples:
+    >>> from normlab.data import load_mnist, DataLoader, scale_01, flatten
+    >>> train, val, test = load_mnist("sample")
+    >>> train.x.shape, train.x.dtype.name, train.y.dtype.name
+    ((6000, 28, 28), 'uint8', 'int64')
+    >>> loader = DataLoader(flatten(scale_01(train.x)), train.y, batch_size=100, seed=0)
+    >>> len(loader), next(iter(loader))[0].shape
+    (60, (100, 784))
 """
 
 from normlab.data.augment import (

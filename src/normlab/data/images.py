@@ -184,7 +184,26 @@ class ImageFolder:
     Indexing: ``folder[i]`` is ``(x (C, H, W), label)``; ``folder[indices]`` (an int array, list or slice) is
     ``(x (n, C, H, W), labels (n,))`` -- the protocol :class:`~normlab.data.DataLoader` iterates over:
 
-    >>> loader = DataLoader(ImageFolder("pets", size=(64, 64)), batch_size=32, seed=0)  # doctest: +SKIP
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from normlab.data import DataLoader, ImageFolder
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for label, color in (("cats", (200, 80, 40)), ("dogs", (40, 80, 200))):
+        ...     (root / label).mkdir()
+        ...     for i in range(3):
+        ...         Image.new("RGB", (48, 40), color).save(root / label / f"{i}.png")
+        >>> folder = ImageFolder(root, size=(16, 16))
+        >>> folder.class_names, len(folder), folder.labels.tolist()
+        (['cats', 'dogs'], 6, [0, 0, 0, 1, 1, 1])
+        >>> x, label = folder[4]
+        >>> x.shape, x.dtype.name, label
+        ((3, 16, 16), 'float32', 1)
+        >>> xb, yb = next(iter(DataLoader(folder, batch_size=4, seed=0)))
+        >>> xb.shape, yb.shape
+        ((4, 3, 16, 16), (4,))
+        >>> import shutil; shutil.rmtree(root)
     """
 
     def __init__(

@@ -49,10 +49,11 @@ class Standardizer:
     in the training data has std 0 and is divided by 1 instead, so it maps to 0 rather than to NaN.
     Statistics are computed in float64; the result is float64 for float64 input, float32 for anything else.
 
-    >>> import numpy as np
-    >>> s = Standardizer().fit(np.array([[1.0, 5.0], [3.0, 5.0]]))
-    >>> s.transform(np.array([[2.0, 5.0], [5.0, 6.0]])).tolist()
-    [[0.0, 0.0], [3.0, 1.0]]
+    Examples:
+        >>> import numpy as np
+        >>> s = Standardizer().fit(np.array([[1.0, 5.0], [3.0, 5.0]]))
+        >>> s.transform(np.array([[2.0, 5.0], [5.0, 6.0]])).tolist()
+        [[0.0, 0.0], [3.0, 1.0]]
     """
 
     def __init__(self) -> None:

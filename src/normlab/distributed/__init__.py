@@ -3,10 +3,11 @@
 Run any script or ``normlab train CONFIG --procs K`` under ``mpiexec -n K``; in a plain process everything here
 works as a world of size 1 and ``mpi4py`` is never imported.
 
->>> from normlab import distributed
->>> world = distributed.get_world()
->>> world.rank, world.size
-(0, 1)
+Examples:
+    >>> from normlab import distributed
+    >>> world = distributed.get_world()
+    >>> world.rank, world.size
+    (0, 1)
 """
 
 from normlab.distributed.checkpoint import load_checkpoint, save_checkpoint

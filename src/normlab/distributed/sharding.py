@@ -44,10 +44,14 @@ class ShardedLoader:
     """Mini-batches of this rank's samples: chunk ``rank`` of every global batch of ``batch_size * K``.
 
     Args:
-        x, y: every rank's view of the whole data set (arrays, or memory maps: only the rank's rows are read).
+        x: every rank's view of the whole data set's inputs (an array, or a memory map: only the rank's rows
+            are read).
+        y: the targets, likewise.
         batch_size: samples per rank and step (b); the global batch is b * K.
-        shuffle, drop_last, seed: as :class:`normlab.data.DataLoader`, applied to the global batches; the same
-            ``seed`` on every rank gives every rank the same permutation, new each epoch.
+        shuffle: as :class:`normlab.data.DataLoader`, applied to the global batches.
+        drop_last: as :class:`normlab.data.DataLoader`, applied to the global batches.
+        seed: as :class:`normlab.data.DataLoader`; the same ``seed`` on every rank gives every rank the same
+            permutation, new each epoch.
         world: the world (default :func:`get_world`).
 
     ``len()`` is the number of steps per epoch; ``state_dict``/``load_state_dict`` resume mid-epoch.

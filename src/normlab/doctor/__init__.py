@@ -1,11 +1,12 @@
 """The batch-norm doctor: find the mistakes that make batch norm fail silently, without changing the model.
 
->>> import numpy as np
->>> import normlab as nl
->>> from normlab import nn
->>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8, momentum=0.99), nn.ReLU())
->>> sorted(nl.doctor(model.eval()).codes("warning"))
-['BN008']
+Examples:
+    >>> import numpy as np
+    >>> import normlab as nl
+    >>> from normlab import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8, momentum=0.99), nn.ReLU())
+    >>> sorted(nl.doctor(model.eval()).codes("warning"))
+    ['BN008']
 
 ``doctor(model)`` runs the static checks; ``doctor(model, batches, labels=...)`` also runs the model on the
 batches (in eval mode, and in its current mode where that differs) to measure what the static checks cannot.

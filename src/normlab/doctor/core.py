@@ -30,10 +30,27 @@ def doctor(
             arrays or ``(x, y)`` pairs (the batch sizes you use, which matter for checks in training mode).
         labels: optional integer classes for all samples, in order (taken from the pairs otherwise); with them
             the accuracy costs of BN003/BN004 are measured.
+        batch_size: how an array ``batches`` is cut.
+
+    Returns:
+        The :class:`Report`: its ``findings`` (code, severity, layer, message, evidence, fix), most
+            severe first; ``report.codes("warning")`` is the set of codes at or above a severity.
+
+    Raises:
+        DoctorError: data that does not fit the model (nothing changed either).
 
     Nothing of ``model`` changes: parameters, gradients, buffers, every module's mode and flags, the dropout
     generators and NumPy's global random state are identical before and after, also when a check raises.
-    Raises :class:`DoctorError` for data that does not fit the model (nothing changed either).
+
+    Examples:
+        >>> import normlab as nl
+        >>> from normlab import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8, momentum=0.99), nn.ReLU())
+        >>> report = nl.doctor(model)  # left in training mode, and a Keras momentum
+        >>> [(f.code, f.severity, f.layer) for f in report.findings if f.severity != "info"]
+        [('BN004', 'warning', '1'), ('BN008', 'warning', '1')]
+        >>> report.findings[0].fix
+        'Call model.eval() before inference (normlab.predict and evaluate do it for you).'
     """
     return examine(model, batches, labels=labels, batch_size=batch_size, inference=True)
 

@@ -336,11 +336,35 @@ def batch_norm_forward(
 ) -> tuple[np.ndarray, NormCache]:
     """Batch norm of channels-first ``x`` of shape (N, C, *spatial), statistics per channel.
 
-    ``use_input_stats=True`` (the default) normalizes with the batch's own mean and biased variance over
-    (N, *spatial); the cache's ``mean``/``var`` hold them (shape (1, C, 1...)) for the caller to update running
-    statistics.  ``use_input_stats=False`` uses ``running_mean``/``running_var`` (shape (C,)), which must then
-    be given.  ``training=`` is the same flag under PyTorch's name (``F.batch_norm(..., training=...)``).
-    Returns ``y`` (same shape and dtype as ``x``) and the cache for :func:`batch_norm_backward`.
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with ``mean``/``var`` per channel, broadcast over
+    N and the spatial axes.  This function keeps no state: updating running statistics is the caller's job
+    (:func:`update_running_stats`, as the layers do).
+
+    Args:
+        x: (N, C, *spatial), floating point.
+        weight: (C,) scale, or ``None`` for 1.
+        bias: (C,) shift, or ``None`` for 0.
+        running_mean: (C,), used when ``use_input_stats=False``.
+        running_var: (C,), used when ``use_input_stats=False``.
+        use_input_stats: ``True`` (the default) normalizes with the batch's own mean and biased variance over
+            (N, *spatial); the cache's ``mean``/``var`` hold them (shape (1, C, 1...)) for the caller to update
+            running statistics.  ``False`` uses ``running_mean``/``running_var``, which must then be given.
+        eps: added to the variance; >= 0.
+        training: the same flag as ``use_input_stats`` under PyTorch's name (``F.batch_norm(..., training=...)``).
+
+    Returns:
+        ``y`` (same shape and dtype as ``x``) and the cache for :func:`batch_norm_backward`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import functional as F
+        >>> x = np.random.default_rng(0).normal(size=(16, 3))
+        >>> y, cache = F.batch_norm_forward(x, np.array([1.0, 2.0, 0.5]), np.zeros(3), training=True)
+        >>> y.shape, cache.mean.shape
+        ((16, 3), (1, 3))
+        >>> y_eval, _ = F.batch_norm_forward(x, None, None, np.zeros(3), np.ones(3), training=False)
+        >>> bool(np.allclose(y_eval, x / np.sqrt(1 + 1e-5)))  # running mean 0, variance 1
+        True
     """
     x = check_float_array(x, "batch_norm")
     checks.check_min_rank(x, 2, "(N, C, *)", "batch_norm")
@@ -363,7 +387,39 @@ def batch_norm_forward(
 
 
 def batch_norm_backward(dy: np.ndarray, cache: NormCache) -> NormGrads:
-    """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,)."""
+    """Gradients of :func:`batch_norm_forward`: ``dx`` like ``x``, ``dweight``/``dbias`` of shape (C,).
+
+    With batch statistics, per channel over its m = N * prod(spatial) values, ``xhat = (x - mean) * rstd``
+    and ``g = dy * weight``::
+
+        dbias = sum(dy);   dweight = sum(dy * xhat)
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+
+    (the mean and variance depend on every x, hence the two subtracted terms).  With running statistics
+    (eval) they are constants and ``dx = rstd * g``.
+
+    Args:
+        dy: dL/dy, the shape of ``y``.
+        cache: the cache :func:`batch_norm_forward` returned with ``y``.
+
+    Returns:
+        ``NormGrads(dx, dweight, dbias)``; ``dweight``/``dbias`` are ``None`` when the forward had no
+            weight/bias.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> x, w = rng.normal(size=(16, 3)), np.array([1.0, 2.0, 0.5])
+        >>> y, cache = F.batch_norm_forward(x, w, np.zeros(3), training=True)
+        >>> dy = rng.normal(size=y.shape)
+        >>> grads = F.batch_norm_backward(dy, cache)
+        >>> xhat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+        >>> g = dy * w
+        >>> dx = (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+        >>> bool(np.allclose(grads.dx, dx)), bool(np.allclose(grads.dweight, (dy * xhat).sum(axis=0)))
+        (True, True)
+    """
     return _normalize_backward(dy, cache, "batch_norm_backward")
 
 

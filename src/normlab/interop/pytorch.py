@@ -50,7 +50,34 @@ def _torch() -> Any:
 # --------------------------------------------------------------------------------------- to torch
 def to_torch(model: nn.Module) -> Any:
     """The ``torch.nn.Module`` equivalent to ``model`` (a ``torch.nn.Sequential`` for a ``Sequential``),
-    with parameters and buffers copied and every module's train/eval mode kept.  ``model`` is unchanged."""
+    with parameters and buffers copied and every module's train/eval mode kept.  ``model`` is unchanged.
+
+    Args:
+        model: a normlab module made of the layers listed in the module docstring, of one float dtype.
+
+    Returns:
+        The PyTorch module, in the model's dtype.
+
+    Raises:
+        UnsupportedLayerError: a layer without a PyTorch counterpart (named), checked before anything is built.
+        ImportError: PyTorch is not installed (``pip install 'normlab[torch]'``).
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from normlab import interop, nn
+        >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8), nn.ReLU()).eval()
+        >>> module = interop.to_torch(model)
+        >>> [type(m).__name__ for m in module], module.training
+        (['Linear', 'BatchNorm1d', 'ReLU'], False)
+        >>> x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+        >>> with torch.no_grad():
+        ...     bool(np.allclose(module(torch.from_numpy(x)).numpy(), model(x), atol=1e-6))
+        True
+        >>> back = interop.from_torch(module)  # and back, bit for bit
+        >>> all(np.array_equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
+        True
+    """
     torch = _torch()
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_torch: expected a normlab Module, got {type(model).__name__}")

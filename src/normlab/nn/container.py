@@ -24,13 +24,14 @@ class Sequential(Module):
     computing dL/dx; ``backward`` then returns ``None``.  (Fusing a batch norm with the activation after it is
     a separate step: :func:`normlab.nn.fuse`.)
 
-    >>> import numpy as np
-    >>> from normlab import nn
-    >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, rng=1))
-    >>> model(np.ones((2, 4), np.float32)).shape
-    (2, 3)
-    >>> list(model.state_dict())[:3]
-    ['0.weight', '0.bias', '1.weight']
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, rng=1))
+        >>> model(np.ones((2, 4), np.float32)).shape
+        (2, 3)
+        >>> list(model.state_dict())[:3]
+        ['0.weight', '0.bias', '1.weight']
     """
 
     def __init__(self, *layers: Module) -> None:

@@ -5,14 +5,15 @@ The fused model holds the *same* layer objects as the model it was made from (sa
 running-statistics buffers, same mode), so training the fused model trains the original; only the containers
 are new.  Its state-dict keys differ (``1.bn.weight``); save and load through the original model.
 
->>> import numpy as np
->>> from normlab import nn
->>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, rng=1))
->>> fused = nn.fuse(model)
->>> [type(layer).__name__ for layer in fused]
-['Linear', 'BatchNormAct', 'Linear']
->>> fused[1].bn is model[1] and fused[0] is model[0]
-True
+Examples:
+    >>> import numpy as np
+    >>> from normlab import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, rng=1))
+    >>> fused = nn.fuse(model)
+    >>> [type(layer).__name__ for layer in fused]
+    ['Linear', 'BatchNormAct', 'Linear']
+    >>> fused[1].bn is model[1] and fused[0] is model[0]
+    True
 """
 
 from __future__ import annotations

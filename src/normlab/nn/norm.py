@@ -486,19 +486,54 @@ class _BatchNorm(_NormBase):
 
 
 class BatchNorm1d(_BatchNorm):
-    __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input: (N, C) or (N, C, L).\n"
+    __doc__ = (_BatchNorm.__doc__ or "") + (
+        """
+    Input: (N, C) or (N, C, L); the output has the input's shape and dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import nn
+        >>> bn = nn.BatchNorm1d(3)
+        >>> x = np.random.default_rng(0).normal(5.0, 2.0, size=(64, 3)).astype(np.float32)
+        >>> y = bn(x)  # training mode: normalized with this batch's mean and variance
+        >>> bool(np.allclose(y.mean(axis=0), 0, atol=1e-5)), bool(np.allclose(y.var(axis=0), 1, atol=1e-3))
+        (True, True)
+        >>> bn.running_mean.round(2)  # 10 % of the way from 0 to the batch mean (momentum=0.1)
+        array([0.46, 0.51, 0.54], dtype=float32)
+        >>> dx = bn.backward(np.ones_like(y))  # dL/dx; dL/dweight, dL/dbias accumulate in .grad
+        >>> bn.bias.grad, float(np.abs(dx).max())  # L = sum(y) = 64 * sum(bias) whatever x, so dL/dx = 0
+        (array([64., 64., 64.], dtype=float32), 0.0)
+        >>> y_eval = bn.eval()(x)  # eval mode: normalized with the running statistics instead
+"""
+    )
     _ranks = (2, 3)
     _expected = "2-D input (N, C) or 3-D input (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
-    __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input: (N, C, H, W).\n"
+    __doc__ = (_BatchNorm.__doc__ or "") + (
+        """
+    Input: (N, C, H, W); statistics per channel over N, H and W; the output has the input's shape and dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import nn
+        >>> bn = nn.BatchNorm2d(8)
+        >>> x = np.random.default_rng(0).normal(size=(4, 8, 5, 5)).astype(np.float32)
+        >>> bn(x).shape
+        (4, 8, 5, 5)
+        >>> list(bn.state_dict())  # PyTorch's keys
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+"""
+    )
     _ranks = (4,)
     _expected = "4-D input (N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
-    __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input: (N, C, D, H, W).\n"
+    __doc__ = (_BatchNorm.__doc__ or "") + (
+        "\n    Input: (N, C, D, H, W); statistics per channel over N, D, H and W; output of the same shape.\n"
+    )
     _ranks = (5,)
     _expected = "5-D input (N, C, D, H, W)"
 
@@ -597,8 +632,30 @@ class InstanceNorm3d(_InstanceNorm):
 class LayerNorm(_Normalization):
     """Layer normalization (Ba et al., 2016) over the trailing ``normalized_shape`` axes of each sample.
 
-    Same in training and eval (no running statistics).  ``weight`` (init 1) and ``bias`` (init 0) have
-    ``normalized_shape``; ``bias=False`` keeps only the weight.
+    Each sample is normalized with the mean and biased variance of its own values over those axes, so the
+    output does not depend on the rest of the batch, and training and eval compute the same function (no
+    running statistics).
+
+    Args:
+        normalized_shape: the trailing axes to normalize over, e.g. ``D`` for (N, D) or (N, L, D) input, or
+            ``(C, H, W)``.  Their product must be at least 2.
+        eps: added to the variance; >= 0.
+        elementwise_affine: learn ``weight`` (init 1) and ``bias`` (init 0), both of shape ``normalized_shape``.
+        bias: with ``elementwise_affine``, ``False`` keeps only the weight.
+        dtype: of the parameters (float32 by default).
+
+    Input: (*, *normalized_shape); the output has the input's shape and dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import nn
+        >>> ln = nn.LayerNorm(6)
+        >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 4, 6)).astype(np.float32)
+        >>> y = ln(x)
+        >>> y.shape, bool(np.allclose(y.mean(axis=-1), 0, atol=1e-5))
+        ((2, 4, 6), True)
+        >>> bool(np.allclose(ln(x[:1]), y[:1]))  # a sample's output does not depend on the others
+        True
     """
 
     def __init__(
@@ -729,8 +786,29 @@ class RMSNorm(_Normalization):
 
 class GroupNorm(_Normalization):
     """Group normalization (Wu & He, 2018): channels split into ``num_groups`` groups; each sample's group is
-    normalized over its channels and spatial positions.  Independent of the batch size; same in training and
-    eval.  ``weight`` (init 1) and ``bias`` (init 0) are per channel.  Input (N, C, *).
+    normalized over its channels and spatial positions.
+
+    Independent of the batch size (a batch of one works); same in training and eval.  ``num_groups=1`` is
+    layer norm over (C, *), ``num_groups=num_channels`` is instance norm, both with per-channel affine.
+
+    Args:
+        num_groups: G; must divide ``num_channels``.
+        num_channels: C.
+        eps: added to the variance; >= 0.
+        affine: learn ``weight`` (init 1) and ``bias`` (init 0), per channel, shape (C,).
+        dtype: of the parameters (float32 by default).
+
+    Input: (N, C, *); the output has the input's shape and dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import nn
+        >>> gn = nn.GroupNorm(2, 6)
+        >>> x = np.random.default_rng(0).normal(size=(1, 6, 4, 4)).astype(np.float32)
+        >>> y = gn(x)  # one sample is enough
+        >>> groups = y.reshape(1, 2, -1)  # (N, G, C/G * H * W)
+        >>> bool(np.allclose(groups.mean(axis=-1), 0, atol=1e-5)), bool(np.allclose(groups.var(axis=-1), 1, atol=1e-3))
+        (True, True)
     """
 
     def __init__(

@@ -82,7 +82,11 @@ class _BatchRenorm(_BatchNorm):
     ``running_mean = μ`` and ``running_var = σ² − eps``, i.e. ``(x − μ) / σ``: the same as Keras 3.
 
     Args:
-        num_features, eps, momentum, affine: as the BatchNorm layers.
+        num_features: C, the number of channels.
+        eps: added to the batch variance inside σ_B; >= 0.
+        momentum: weight of the new batch in the moving averages, in [0, 1] (``None``: cumulative average).
+        affine: learn ``weight`` (init 1) and ``bias`` (init 0).
+        track_running_stats: must be ``True`` (the correction needs the moving statistics).
         renorm_clipping: the limits of r and d.  ``None`` (default): the paper's warm-up
             (:class:`~normlab.functional.RenormSchedule`: batch norm for 5k steps, then r_max → 3 by 40k,
             d_max → 5 by 25k), driven by ``num_batches_tracked``; a
@@ -222,7 +226,24 @@ class BatchRenorm1d(_BatchRenorm):
 
 @register_module
 class BatchRenorm2d(_BatchRenorm):
-    __doc__ = (_BatchRenorm.__doc__ or "") + "\n    Input: (N, C, H, W).\n"
+    __doc__ = (_BatchRenorm.__doc__ or "") + (
+        """
+    Input: (N, C, H, W); the output has the input's shape and dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> from normlab import nn
+        >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 4, 3, 3)).astype(np.float32)
+        >>> brn = nn.BatchRenorm2d(4)  # the paper's warm-up: r_max = 1, d_max = 0 for the first steps
+        >>> brn.clipping()
+        RenormClipping(r_max=1.0, d_max=0.0, r_min=None)
+        >>> bool(np.allclose(brn(x), nn.BatchNorm2d(4)(x), atol=1e-5))  # so it starts as batch norm
+        True
+        >>> fixed = nn.BatchRenorm2d(4, renorm_clipping={"rmax": 3, "rmin": 1 / 3, "dmax": 5})  # Keras's names
+        >>> list(fixed.state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked', 'running_std']
+"""
+    )
     _ranks = (4,)
     _expected = "4-D input (N, C, H, W)"
 

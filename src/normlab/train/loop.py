@@ -111,10 +111,21 @@ def fit(
 ) -> History:
     """Train ``model`` with ``optimizer`` on arrays ``(x, y)`` or on a batch source ``x`` of ``(xb, yb)``.
 
+    Each epoch runs the model in training mode (batch norm uses batch statistics and updates its running
+    ones) over the batches, with one forward, backward and optimizer step per batch, then evaluates on the
+    validation data in eval mode.  Under ``mpiexec`` the batches are split over the ranks (see
+    :mod:`normlab.distributed`).
+
     Args:
+        model: the network; trained in place.
+        x: inputs, an array (N, ...), or a batch source (an iterable of ``(xb, yb)`` such as a
+            :class:`~normlab.data.DataLoader`, with ``y=None``).
+        y: targets (N,) (class indices for cross-entropy) when ``x`` is an array.
+        optimizer: a :mod:`normlab.optim` optimizer over ``model.parameters()``.
         loss: a loss module with ``forward(pred, target)``/``backward()``; ``CrossEntropyLoss()`` by default.
         epochs: train until this many epochs are completed (counting from ``initial_epoch``, for resuming).
-        batch_size, shuffle: how arrays are cut into batches (a batch source batches itself).
+        batch_size: how many samples per batch when ``x`` and ``y`` are arrays (a batch source batches itself).
+        shuffle: whether arrays are shuffled each epoch (a batch source decides for itself).
         validation_data: ``(x_val, y_val)`` arrays or a batch source, evaluated in eval mode after each epoch.
         validation_split: fraction of the arrays held out for validation: the *last* samples, before
             shuffling (as Keras).
@@ -135,11 +146,28 @@ def fit(
         accumulation: what batch norm does across the micro-batches: ``"ghost"`` (each normalized by its
             own statistics, running statistics updated once per step) or ``"exact"`` (the full batch's step,
             number for number, at the cost of extra passes); see :mod:`normlab.train.accumulate`.
-
+        initial_epoch: the epoch to start counting from (when resuming from a checkpoint).
         doctor: run the batch-norm doctor's cheap checks when training starts and after each epoch, warning
             once per finding code (:class:`normlab.doctor.DoctorCallback`).
 
-    Returns the :class:`History`.  The modes of all modules are restored afterwards, whatever happens.
+    Returns:
+        The :class:`History`: one record per epoch (``loss``, metrics, ``val_*``, ``lr``) and per step.
+            The modes of all modules are restored afterwards, whatever happens.
+
+    Examples:
+        >>> import numpy as np
+        >>> import normlab as nl
+        >>> from normlab import nn, optim
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(256, 4)).astype(np.float32)
+        >>> y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+        >>> model = nn.Sequential(nn.Linear(4, 16, rng=0), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2, rng=1))
+        >>> history = nl.fit(model, x, y, optimizer=optim.Adam(model.parameters(), lr=0.01),
+        ...                  epochs=3, batch_size=32, validation_split=0.25, seed=0, verbose=0)
+        >>> [sorted(record) for record in history.epochs][:1]
+        [['accuracy', 'epoch', 'loss', 'lr', 'val_accuracy', 'val_loss']]
+        >>> history["val_accuracy"][-1] > 0.8, model.training  # the model is back in its mode
+        (True, True)
     """
     criterion = CrossEntropyLoss() if loss is None else loss
     if doctor:
