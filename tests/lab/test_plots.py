@@ -7,7 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from helpers.plots import CaptureContext, problems
-from normlab.lab.experiments import batch_size, bn_paper_mnist, landscape, lenet_bn, regularization
+from normlab.lab.experiments import (
+    accumulation,
+    batch_size,
+    bn_paper_mnist,
+    landscape,
+    lenet_bn,
+    regularization,
+)
 
 
 def test_regularization_legends_leave_low_curves_visible() -> None:
@@ -80,3 +87,20 @@ def test_landscape_log_axis_has_plain_tick_labels() -> None:
     loss_axis = fig.axes[0].yaxis
     labels = [t.get_text() for t in loss_axis.get_ticklabels(which="both")]
     assert labels and not any("times" in t or "$" in t for t in labels), labels
+
+
+def test_accumulation_curves_and_differences_are_all_visible() -> None:
+    steps = 12
+    full = np.linspace(2.4, 0.5, steps)
+    losses = {
+        "full": full,
+        "ghost": full + 0.05,
+        "exact": full + 3e-8,
+        "reversed": full,  # exactly equal: drawn at the floor of the log axis
+    }
+    per_step = {"ghost": np.full(steps, 0.03), "exact": np.zeros(steps)}
+    ctx = CaptureContext()
+    accumulation._plot(ctx, losses, per_step, 4, 32)
+    fig = ctx.figures["loss_curves"]
+    assert problems(fig) == []
+    assert fig.axes[1].get_ylim()[0] <= accumulation.ZERO_AT  # the zeros are on the axis
