@@ -21,6 +21,13 @@ micro-batches of b, (c) ``accumulate=k, accumulation="exact"``.  Two measurement
   plus a control run (d): the full batch with each batch's rows in reverse order, the same mathematics
   summed in another order, which shows what float32 rounding alone does to the trajectory.
 
+Modes: full, all 6,000 training images of the sample, micro-batch 32, k = 4, 10 epochs (470 steps); quick,
+the first 2,048 images, 3 epochs (48 steps); tiny, 192 images, hidden layers of 32, micro-batch 16, 1 epoch
+(3 steps).  Measured in full mode (2-core machine, load average 8-11): holds; per step, exact accumulation
+within 3.8e-8 (loss), 1.2e-7 (parameters), 6e-8 (running statistics) of the full batch, ghost accumulation
+off by up to 0.089 in the loss; over the run, exact 6.3e-8 in the loss as the reversed-row control's 5.6e-8,
+ghost 0.10; 458 s.
+
 Decided before running: the claim holds if, per step, (c) matches (a) within ``tolerance`` in all three
 (loss, parameters, running statistics) and (b)'s loss differs from (a)'s by at least ``ghost_min`` at some
 step.  The tolerance: the exact mode adds the batch's statistics and sums in another order (k partial moments
