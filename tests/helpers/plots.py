@@ -2,7 +2,8 @@
 
 * every line's first point lies inside its axes' view (no y range that cuts it off);
 * a line of one point has a marker (a line of one point and no marker draws nothing);
-* no legend covers a drawn point of a line or band (lines are sampled along their segments too).
+* no legend covers a drawn point of a line or band (lines are sampled along their segments too), nor
+  any part of a bar.
 
 The experiments draw through ``RunContext.figure`` and hand the figure to ``save_figure``;
 :class:`CaptureContext` stands in for the context and keeps the figures instead of writing them.
@@ -76,6 +77,9 @@ def problems(fig: Any) -> list[str]:
         if legend is None:
             continue
         box = legend.get_window_extent()
+        for bar in ax.patches:  # a bar under the legend: its top (its value) can be hidden
+            if bar.get_visible() and bar.get_window_extent().overlaps(box):
+                found.append(f"{name}: the legend covers a bar of {bar.get_label()!r}")
         for label, pixels in shapes:
             inside = (
                 (pixels[:, 0] > box.x0)

@@ -11,9 +11,11 @@ from normlab.lab.experiments import (
     accumulation,
     batch_size,
     bn_paper_mnist,
+    ghost_bn,
     landscape,
     lenet_bn,
     regularization,
+    renorm,
 )
 
 
@@ -104,3 +106,26 @@ def test_accumulation_curves_and_differences_are_all_visible() -> None:
     fig = ctx.figures["loss_curves"]
     assert problems(fig) == []
     assert fig.axes[1].get_ylim()[0] <= accumulation.ZERO_AT  # the zeros are on the axis
+
+
+def test_renorm_legend_covers_no_bar() -> None:
+    # full mode: every accuracy above 80 %, the bars reach the top of the axes
+    accuracy = {
+        "iid": {"bn": 0.954, "renorm": 0.955, "gn": 0.9485},
+        "small": {"bn": 0.9245, "renorm": 0.923, "gn": 0.949},
+        "noniid": {"bn": 0.856, "renorm": 0.838, "gn": 0.9145},
+    }
+    ctx = CaptureContext()
+    renorm._plot(ctx, accuracy, ["bn", "renorm", "gn"])
+    assert problems(ctx.figures["test_accuracy_by_setting"]) == []
+
+
+def test_ghost_bn_legend_covers_no_bar() -> None:
+    results = {  # full mode: the large-batch runs reach 100 % training accuracy
+        "small": {"train_accuracy": 0.989, "test_accuracy": 0.954, "gap": 0.035},
+        "large-bn": {"train_accuracy": 1.0, "test_accuracy": 0.958, "gap": 0.042},
+        "large-ghost": {"train_accuracy": 1.0, "test_accuracy": 0.955, "gap": 0.045},
+    }
+    ctx = CaptureContext()
+    ghost_bn._plot(ctx, results)
+    assert problems(ctx.figures["generalisation_gap"]) == []
