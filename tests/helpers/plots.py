@@ -3,7 +3,8 @@
 * every line's first point lies inside its axes' view (no y range that cuts it off);
 * a line of one point has a marker (a line of one point and no marker draws nothing);
 * no legend covers a drawn point of a line or band (lines are sampled along their segments too), nor
-  any part of a bar.
+  any part of a bar;
+* no two tick labels of an axis overlap.
 
 The experiments draw through ``RunContext.figure`` and hand the figure to ``save_figure``;
 :class:`CaptureContext` stands in for the context and keeps the figures instead of writing them.
@@ -73,6 +74,14 @@ def problems(fig: Any) -> list[str]:
                 continue  # scatter markers: paths are marker shapes, not data
             for path in band.get_paths():
                 shapes.append((band.get_label(), ax.transData.transform(path.vertices)))
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [
+                t.get_window_extent()
+                for t in axis.get_ticklabels(which="both")
+                if t.get_visible() and t.get_text()
+            ]
+            if any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1 :]):
+                found.append(f"{name}: tick labels of the {axis.axis_name} axis overlap")
         legend = ax.get_legend()
         if legend is None:
             continue

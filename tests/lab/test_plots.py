@@ -129,3 +129,24 @@ def test_ghost_bn_legend_covers_no_bar() -> None:
     ctx = CaptureContext()
     ghost_bn._plot(ctx, results)
     assert problems(ctx.figures["generalisation_gap"]) == []
+
+
+def test_landscape_log_axis_over_several_decades_has_readable_labels() -> None:
+    # full mode: the loss range spans 0.005 to 7, three decades
+    records = []
+    for variant, (low, high) in zip(landscape.VARIANTS, [(0.2, 7.0), (0.005, 2.0)], strict=True):
+        for step in range(0, 450, 25):
+            records.append(
+                {
+                    "variant": variant,
+                    "step": step,
+                    "loss": low,
+                    "loss_eta0.1": high,
+                    "grad_change_eta0.1": 1.0,
+                    "grad_change_eta0.2": 2.0,
+                    "beta": 12.0,
+                }
+            )
+    ctx = CaptureContext()
+    landscape._plot(ctx, records)
+    assert problems(ctx.figures["landscape"]) == []
