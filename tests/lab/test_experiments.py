@@ -31,6 +31,7 @@ EXPECTED = [  # the twelve of EXPERIMENTS.md, in its order, then round two (issu
     "renorm",
     "ghost-bn",
     "sync-bn",
+    "accumulation",
 ]
 
 

@@ -20,4 +20,5 @@ from normlab.lab.experiments import landscape  # noqa: F401
 from normlab.lab.experiments import renorm  # noqa: F401
 from normlab.lab.experiments import ghost_bn  # noqa: F401
 from normlab.lab.experiments import sync_bn  # noqa: F401
+from normlab.lab.experiments import accumulation  # noqa: F401
 # isort: on

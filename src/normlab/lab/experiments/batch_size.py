@@ -413,5 +413,6 @@ def _plot(ctx: RunContext, errors: dict[str, dict[str, dict[int, float]]], batch
         ax.set_xticks(ticks, [str(b) for b in ticks])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        # below the axes: with four lines of two points each, any spot inside covered one of them
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
     return ctx.save_figure(fig, "val_error_vs_batch_size")

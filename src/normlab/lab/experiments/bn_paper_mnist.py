@@ -275,7 +275,7 @@ def _plot(ctx: RunContext, histories, typical_unit, threshold):
         title="(a) test accuracy",
         ylim=(max(0.0, lowest - 0.02), 1.0),
     )
-    ax_acc.legend(loc="lower right")
+    ax_acc.legend(loc="best")  # "lower right" covered the plain network's curve near chance
     percentile_axes = {PLAIN: axes[1], BN: axes[2]}
     # one y range for both panels (NaN from a diverged network is left out)
     shown = np.concatenate(

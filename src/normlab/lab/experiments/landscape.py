@@ -24,6 +24,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib import ticker
 
 from normlab import nn, optim
 from normlab.data import DataLoader
@@ -222,6 +223,12 @@ def decide(medians: Mapping[str, Mapping[str, float]]) -> tuple[bool, str]:
     return all(smaller.values()), measured + " (medians over probe points; criterion: all smaller)"
 
 
+def _decades(ax) -> float:
+    """How many powers of ten the (log) y axis of ``ax`` spans."""
+    low, high = ax.get_ylim()
+    return float(np.log10(high / low))
+
+
 def _plot(ctx: RunContext, records):
     fig, axes = ctx.figure(1, 3, size=(15, 4))
     for v in VARIANTS:
@@ -244,9 +251,16 @@ def _plot(ctx: RunContext, records):
         )
         axes[2].plot(steps, [r["beta"] for r in rows], color=COLORS[v], label=NAMES[v])
     axes[0].set(xlabel="step", ylabel="loss along the gradient (range over η)", yscale="log")
+    # plain numbers on the log axis (the default wrote 2 x 10^0 next to 10^0); the minor ticks labelled
+    # only when the axis spans at most a decade (over several, their labels ran into each other)
+    axes[0].yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(
+        ticker.FuncFormatter(lambda v, _: f"{v:g}" if _decades(axes[0]) <= 1 else "")
+    )
     axes[1].set(xlabel="step", ylabel="‖g(η) - g‖ (range over η)")
     axes[2].set(xlabel="step", ylabel="max ‖Δg‖ / ‖Δw‖")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        # below the axes: the bands fill much of each panel, a legend inside can cover one
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
     return ctx.save_figure(fig, "landscape")

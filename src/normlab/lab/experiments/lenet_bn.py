@@ -224,13 +224,20 @@ def _plot(ctx: RunContext, histories: dict[str, list[dict]], target: float):
     for kind, history in histories.items():
         epochs = [e["epoch"] for e in history]
         ax_loss.plot(
-            epochs, [e["train_loss"] for e in history], color=COLORS[kind], label=MODELS[kind]
+            epochs,
+            [e["train_loss"] for e in history],
+            color=COLORS[kind],
+            label=MODELS[kind],
+            marker="o",  # a run of one epoch is one point: without a marker nothing is drawn
+            markersize=3,
         )
         ax_acc.plot(
             epochs,
             [e["train_accuracy"] for e in history],
             color=COLORS[kind],
             label=f"{MODELS[kind]} train",
+            marker="o",
+            markersize=3,
         )
         ax_acc.plot(
             epochs,
@@ -238,6 +245,8 @@ def _plot(ctx: RunContext, histories: dict[str, list[dict]], target: float):
             color=COLORS[kind],
             linestyle="--",
             label=f"{MODELS[kind]} test",
+            marker="o",
+            markersize=3,
         )
     ax_acc.axhline(target, color="gray", linewidth=0.8, linestyle=":", label=f"{target:.2f}")
     ax_loss.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy")

@@ -16,6 +16,8 @@ network's by at least ``min_gap_reduction``.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from normlab import nn, optim
@@ -195,7 +197,9 @@ def _plot(ctx: RunContext, curves, gaps):
             ylim=(0, 1.02),
         )
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(
+            loc="best", fontsize=8
+        )  # low curves (an untrained run) sit where "lower right" was
     bar_ax = panels[-1]
     for ax in panels[len(curves) : -1]:
         ax.set_visible(False)
@@ -205,7 +209,8 @@ def _plot(ctx: RunContext, curves, gaps):
         [gaps[n] for n in names],
         color=[PALETTE.get(n, "#444444") for n in names],
     )
-    bar_ax.set_xticks(range(len(names)), [n.replace(" + ", " +\n") for n in names], fontsize=8)
+    # wrapped: "weight decay" and "batch norm + weight decay" ran into each other on one line
+    bar_ax.set_xticks(range(len(names)), [textwrap.fill(n, 10) for n in names], fontsize=8)
     bar_ax.set(
         title="generalisation gap after the last epoch", ylabel="training - validation accuracy"
     )
