@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 from normlab import kernels, nn, optim
+from normlab.train import evaluate as nl_evaluate
+from normlab.train import fit as nl_fit
+from normlab.train import predict as nl_predict
 
 xs = pytest.importorskip("array_api_strict", reason="array-api-strict is a test dependency")
 
@@ -110,3 +113,88 @@ def test_optimizer_state_saved_on_one_device_loads_on_the_other() -> None:
             if key != "step":
                 assert value.device == DEVICE1
                 np.testing.assert_array_equal(_host(value), _host(saved["state"][i][key]))
+
+
+# ------------------------------------------------------------------------------------ fit / evaluate / predict
+def _cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, rng=np.random.default_rng(4)),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 3, rng=np.random.default_rng(5)),
+    ).to(np.float64)
+
+
+def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(6)
+    return rng.normal(size=shape), rng.integers(0, 3, size=shape[0])
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"), [(_mlp, (20, 4)), (_cnn, (12, 1, 4, 4))], ids=["mlp-bn", "cnn-bn"]
+)
+def test_fit_on_device1_follows_the_numpy_run_step_for_step(make, shape) -> None:
+    x, y = _data(shape)
+    reference, model = make(), _on_device1(make())
+    runs = []
+    for m in (reference, model):
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        runs.append(
+            nl_fit(
+                m,
+                x,
+                y,
+                optimizer=opt,
+                epochs=2,
+                batch_size=8,
+                seed=0,
+                verbose=0,
+                validation_data=(x[:6], y[:6]),
+            )
+        )
+    history_ref, history = runs
+    assert len(history.iterations) == 2 * -(-shape[0] // 8)
+    for step_ref, step in zip(history_ref.iterations, history.iterations, strict=True):
+        assert type(step["loss"]) is float and type(step["accuracy"]) is float
+        assert step["loss"] == pytest.approx(step_ref["loss"], rel=1e-10, abs=1e-12)
+        assert step["accuracy"] == step_ref["accuracy"]
+    for epoch_ref, epoch in zip(history_ref.epochs, history.epochs, strict=True):
+        assert epoch["val_loss"] == pytest.approx(epoch_ref["val_loss"], rel=1e-10, abs=1e-12)
+    for (key, a_ref), (key2, a) in zip(
+        reference.state_dict().items(), model.state_dict().items(), strict=True
+    ):
+        assert key == key2 and a.device == DEVICE1
+        np.testing.assert_allclose(_host(a), a_ref, rtol=1e-10, atol=1e-12, err_msg=key)
+    assert nl_evaluate(model, x, y, batch_size=7) == pytest.approx(
+        nl_evaluate(reference, x, y, batch_size=7), rel=1e-10, abs=1e-12
+    )
+    out = nl_predict(model, x, batch_size=5)
+    assert type(out) is np.ndarray
+    np.testing.assert_allclose(out, nl_predict(reference, x, batch_size=5), rtol=1e-10, atol=1e-12)
+
+
+def test_fit_with_ghost_accumulation_on_device1_follows_the_numpy_run() -> None:
+    x, y = _data((16, 4))
+    losses = []
+    for m in (_mlp(), _on_device1(_mlp())):
+        opt = optim.Adam(m.parameters(), lr=0.01)
+        history = nl_fit(m, x, y, optimizer=opt, batch_size=4, accumulate=2, seed=1, verbose=0)
+        losses.append([s["loss"] for s in history.iterations])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
+
+
+def test_fit_names_both_devices_when_the_data_live_elsewhere() -> None:
+    model = _on_device1(_mlp())
+    x, y = _data((8, 4))
+    batches = [(xs.asarray(x, device=CPU), xs.asarray(y, device=CPU))]
+    before = {k: _host(v) for k, v in model.state_dict().items()}
+    with pytest.raises(
+        ValueError,
+        match=r"Linear\(.*the input is a array_api_strict array on "
+        r".*CPU_DEVICE.*parameters are a array_api_strict array on .*device1",
+    ):
+        nl_fit(model, batches, optimizer=optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(_host(v), before[k])
