@@ -155,3 +155,17 @@ def copy_array(a: Any) -> Any:
     if isinstance(a, np.ndarray):
         return a.copy()
     return array_api_compat.array_namespace(a).asarray(a, copy=True)
+
+
+_HOST_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+
+
+def host_dtype(a: Any) -> np.dtype:
+    """The NumPy dtype matching the dtype of array ``a`` (of any namespace)."""
+    if isinstance(a, np.ndarray):
+        return a.dtype
+    xp = array_api_compat.array_namespace(a)
+    for name in _HOST_DTYPES:
+        if hasattr(xp, name) and a.dtype == getattr(xp, name):
+            return np.dtype(name)
+    raise TypeError(f"no NumPy dtype matches {a.dtype}")

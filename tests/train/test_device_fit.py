@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import normlab as nl
 from normlab import kernels, nn, optim
 from normlab.train import evaluate as nl_evaluate
 from normlab.train import fit as nl_fit
@@ -196,5 +197,79 @@ def test_fit_names_both_devices_when_the_data_live_elsewhere() -> None:
         r".*CPU_DEVICE.*parameters are a array_api_strict array on .*device1",
     ):
         nl_fit(model, batches, optimizer=optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(_host(v), before[k])
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _trained_on_device1() -> tuple[nn.Module, optim.Optimizer]:
+    model = _on_device1(_cnn())
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    x, y = _data((8, 1, 4, 4))
+    nl_fit(model, x, y, optimizer=opt, epochs=1, batch_size=4, seed=0, verbose=0)
+    return model, opt
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        np.testing.assert_array_equal(_host(state_a[key]), _host(state_b[key]), err_msg=key)
+
+
+def test_a_checkpoint_saved_from_device1_loads_into_a_numpy_model_and_back(tmp_path) -> None:
+    model, opt = _trained_on_device1()
+    path = nl.save_checkpoint(tmp_path / "run.nlck", model, opt, epoch=1)
+
+    on_numpy = _cnn()
+    opt_numpy = optim.Adam(on_numpy.parameters(), lr=0.01)
+    assert nl.load_checkpoint(path, on_numpy, opt_numpy).epoch == 1
+    assert all(type(a) is np.ndarray for a in on_numpy.state_dict().values())
+    _same_state(on_numpy, model)
+    saved = opt.state_dict()["state"]
+    for i, entry in opt_numpy.state_dict()["state"].items():
+        for key, value in entry.items():
+            if key != "step":
+                assert type(value) is np.ndarray
+                np.testing.assert_array_equal(value, _host(saved[i][key]))
+
+    # and from NumPy onto device1: the values land on the model's device
+    path2 = nl.save_checkpoint(tmp_path / "back.nlck", on_numpy, opt_numpy, epoch=2)
+    on_device = _on_device1(_cnn())
+    opt_device = optim.Adam(on_device.parameters(), lr=0.01)
+    nl.load_checkpoint(path2, on_device, opt_device)
+    assert all(a.device == DEVICE1 for a in on_device.state_dict().values())
+    _same_state(on_device, model)
+    for entry in opt_device.state_dict()["state"].values():
+        assert all(v.device == DEVICE1 for k, v in entry.items() if k != "step")
+
+
+def test_a_model_saved_from_device1_rebuilds_on_numpy_and_loads_onto_device1(tmp_path) -> None:
+    model, _ = _trained_on_device1()
+    path = nl.save(model, tmp_path / "model.nlck")
+    rebuilt = nl.load(path)
+    _same_state(rebuilt, model)
+    target = _on_device1(_cnn())
+    nl.load(path, target)
+    assert all(a.device == DEVICE1 for a in target.state_dict().values())
+    _same_state(target, model)
+    x = np.random.default_rng(9).normal(size=(3, 1, 4, 4))
+    model.eval()
+    np.testing.assert_array_equal(nl_predict(target, x), nl_predict(rebuilt, x))
+
+
+def test_load_state_dict_of_device_arrays_keeps_the_numpy_model_numpy() -> None:
+    model, _ = _trained_on_device1()
+    state = model.state_dict()
+    assert all(a.device == DEVICE1 for a in state.values())
+    on_numpy = _cnn()
+    on_numpy.load_state_dict(state)
+    assert all(type(a) is np.ndarray for a in on_numpy.state_dict().values())
+    _same_state(on_numpy, model)
+    bad = dict(state)
+    bad["1.running_var"] = bad["1.running_var"] - 10.0
+    before = {k: _host(v) for k, v in model.state_dict().items()}
+    with pytest.raises(nn.StateDictError, match=r"running_var must be finite and >= 0"):
+        model.load_state_dict(bad)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(_host(v), before[k])

@@ -29,6 +29,7 @@ from normlab.backend import (
     FLOAT_DTYPES,
     copy_array,
     device_of,
+    host_dtype,
     is_float_dtype,
     like,
     namespace,
@@ -177,20 +178,6 @@ def _namespace_mover(device: Any) -> Callable[[Any], Any]:
             raise ValueError(f"Module.to: cannot move {_where(a)} to {device!r} ({err})") from err
 
     return move
-
-
-_HOST_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
-
-
-def _host_dtype(a: Any) -> np.dtype:
-    """The NumPy dtype matching the dtype of array ``a`` (of any namespace)."""
-    if isinstance(a, np.ndarray):
-        return a.dtype
-    xp = namespace(a)
-    for name in _HOST_DTYPES:
-        if hasattr(xp, name) and a.dtype == getattr(xp, name):
-            return np.dtype(name)
-    raise TypeError(f"no NumPy dtype matches {a.dtype}")
 
 
 class IncompatibleKeys(NamedTuple):
@@ -530,7 +517,7 @@ class Module:
                     f"'{key}': cannot convert {type(given[key]).__name__} to an array ({exc})"
                 )
                 continue
-            current_dtype = _host_dtype(current)
+            current_dtype = host_dtype(current)
             if value.shape != tuple(current.shape):
                 errors.append(f"'{key}': expected shape {tuple(current.shape)}, got {value.shape}")
                 continue
