@@ -6,6 +6,7 @@ every result is compared with the same run on NumPy.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 import normlab as nl
 from normlab import kernels, nn, optim
+from normlab.data import DataLoader
 from normlab.train import evaluate as nl_evaluate
 from normlab.train import fit as nl_fit
 from normlab.train import predict as nl_predict
@@ -273,3 +275,47 @@ def test_load_state_dict_of_device_arrays_keeps_the_numpy_model_numpy() -> None:
         model.load_state_dict(bad)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(_host(v), before[k])
+
+
+# ------------------------------------------------------------------------------------ DataLoader(device=)
+def test_a_loader_hands_the_same_batches_over_on_the_device() -> None:
+    x, y = _data((10, 4))
+    host = list(DataLoader(x, y, batch_size=4, seed=3))
+    moved = list(DataLoader(x, y, batch_size=4, seed=3, device=DEVICE1))
+    assert len(moved) == len(host) == 3
+    for (xb_ref, yb_ref), (xb, yb) in zip(host, moved, strict=True):
+        assert xb.device == DEVICE1 and yb.device == DEVICE1
+        np.testing.assert_array_equal(_host(xb), xb_ref)
+        np.testing.assert_array_equal(_host(yb), yb_ref)
+    assert all(type(b) is np.ndarray for b in next(iter(DataLoader(x, y, device="cpu"))))
+
+
+def test_fit_on_a_device_loader_equals_fit_on_arrays() -> None:
+    x, y = _data((12, 4))
+    model, reference = _on_device1(_mlp()), _on_device1(_mlp())
+    loader = DataLoader(x, y, batch_size=4, shuffle=False, device=DEVICE1)
+    h = nl_fit(model, loader, optimizer=optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    h_ref = nl_fit(
+        reference,
+        x,
+        y,
+        optimizer=optim.SGD(reference.parameters(), lr=0.1),
+        batch_size=4,
+        shuffle=False,
+        verbose=0,
+    )
+    assert [s["loss"] for s in h.iterations] == [s["loss"] for s in h_ref.iterations]
+    np.testing.assert_array_equal(nl_predict(model, loader), nl_predict(reference, x, batch_size=4))
+
+
+def test_a_loader_refuses_a_device_it_cannot_reach(monkeypatch) -> None:
+    x = np.zeros((4, 2))
+    with pytest.raises(
+        TypeError, match=r"DataLoader: device must be 'cpu', 'cuda', 'cuda:N' or a device"
+    ):
+        DataLoader(x, device=3.5)
+    with pytest.raises(ValueError, match=r"DataLoader: device='cuda:x'.*expected 'cpu', 'cuda'"):
+        DataLoader(x, device="cuda:x")
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(RuntimeError, match=r"DataLoader: device='cuda'.*CuPy.*normlab\[gpu\]"):
+        DataLoader(x, device="cuda")
