@@ -178,14 +178,29 @@ def test_fit_on_device1_follows_the_numpy_run_step_for_step(make, shape) -> None
     np.testing.assert_allclose(out, nl_predict(reference, x, batch_size=5), rtol=1e-10, atol=1e-12)
 
 
-def test_fit_with_ghost_accumulation_on_device1_follows_the_numpy_run() -> None:
+@pytest.mark.parametrize("accumulation", ["ghost", "exact"])
+def test_fit_with_accumulation_on_device1_follows_the_numpy_run(accumulation: str) -> None:
     x, y = _data((16, 4))
-    losses = []
+    losses, states = [], []
     for m in (_mlp(), _on_device1(_mlp())):
         opt = optim.Adam(m.parameters(), lr=0.01)
-        history = nl_fit(m, x, y, optimizer=opt, batch_size=4, accumulate=2, seed=1, verbose=0)
+        history = nl_fit(
+            m,
+            x,
+            y,
+            optimizer=opt,
+            batch_size=4,
+            accumulate=2,
+            accumulation=accumulation,
+            seed=1,
+            verbose=0,
+        )
         losses.append([s["loss"] for s in history.iterations])
+        states.append({k: _host(v) for k, v in m.state_dict().items()})
+    assert len(losses[0]) == 2
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
+    for key, value in states[1].items():
+        np.testing.assert_allclose(value, states[0][key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
 def test_fit_names_both_devices_when_the_data_live_elsewhere() -> None:

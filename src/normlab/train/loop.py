@@ -147,6 +147,10 @@ def fit(
         doctor: run the batch-norm doctor's cheap checks when training starts and after each epoch, warning
             once per finding code (:class:`normlab.doctor.DoctorCallback`).
 
+    A model on a device (``model.to("cuda")``): each NumPy batch is moved to the model's device as it is
+    used; batches already on a device are used as they are (on another device than the model's, the first
+    layer raises a ``ValueError`` naming both).  Losses and metrics come back as Python floats.
+
     Returns the :class:`History`.  The modes of all modules are restored afterwards, whatever happens.
     """
     criterion = CrossEntropyLoss() if loss is None else loss
