@@ -8,6 +8,11 @@ Reproducibility: with ``seed`` given, epoch ``e``'s shuffling and every dropout 
 derived from ``(seed, e)`` at the start of the epoch.  Two runs with the same seed, model and optimizer are
 bit-identical, and a run resumed from a checkpoint at an epoch boundary (``initial_epoch``) repeats the
 uninterrupted run exactly.
+
+Devices: with the model on a device (``model.to("cuda")``), each NumPy batch is moved to the model's device as
+it is used; batches already on a device are used as they are (on another device than the model's, the first
+layer raises a ``ValueError`` naming both).  Losses and metrics come back as Python floats; ``predict``
+returns one NumPy array.
 """
 
 from __future__ import annotations
@@ -146,10 +151,6 @@ def fit(
 
         doctor: run the batch-norm doctor's cheap checks when training starts and after each epoch, warning
             once per finding code (:class:`normlab.doctor.DoctorCallback`).
-
-    A model on a device (``model.to("cuda")``): each NumPy batch is moved to the model's device as it is
-    used; batches already on a device are used as they are (on another device than the model's, the first
-    layer raises a ``ValueError`` naming both).  Losses and metrics come back as Python floats.
 
     Returns the :class:`History`.  The modes of all modules are restored afterwards, whatever happens.
     """
