@@ -125,3 +125,47 @@ def no_grad() -> Iterator[None]:
         yield
     finally:
         _grad_enabled = previous
+
+
+def to_host(a: Any) -> np.ndarray:
+    """``a`` as a NumPy array in host memory: NumPy arrays as they are, CuPy arrays copied from the GPU, and
+    arrays of a namespace that refuses ``np.asarray`` on their device (array-api-strict's ``device1``) moved
+    first to the namespace's default device (its host).  Used to write checkpoints and to read metrics."""
+    if isinstance(a, np.ndarray):
+        return a
+    if array_api_compat.is_cupy_array(a):
+        return a.get()
+    try:
+        return np.asarray(a)
+    except (TypeError, RuntimeError, ValueError, BufferError):
+        host = array_api_compat.array_namespace(a).__array_namespace_info__().default_device()
+        return np.asarray(array_api_compat.to_device(a, host))
+
+
+def like(value: Any, reference: Any) -> Any:
+    """``value`` (a NumPy array) as an array of ``reference``'s namespace, on its device; NumPy unchanged."""
+    if isinstance(reference, np.ndarray):
+        return value
+    xp = array_api_compat.array_namespace(reference)
+    return xp.asarray(value, device=device_of(reference))
+
+
+def copy_array(a: Any) -> Any:
+    """A copy of ``a`` in its own namespace and device."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    return array_api_compat.array_namespace(a).asarray(a, copy=True)
+
+
+_HOST_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+
+
+def host_dtype(a: Any) -> np.dtype:
+    """The NumPy dtype matching the dtype of array ``a`` (of any namespace)."""
+    if isinstance(a, np.ndarray):
+        return a.dtype
+    xp = array_api_compat.array_namespace(a)
+    for name in _HOST_DTYPES:
+        if hasattr(xp, name) and a.dtype == getattr(xp, name):
+            return np.dtype(name)
+    raise TypeError(f"no NumPy dtype matches {a.dtype}")

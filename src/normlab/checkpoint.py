@@ -52,8 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from normlab.backend import host_dtype, to_host
 from normlab.nn.layers import dropout_generators
-from normlab.nn.module import Module
+from normlab.nn.module import Module, _is_array
 from normlab.nn.registry import build_module, module_spec
 from normlab.optim.lr_scheduler import LRScheduler
 from normlab.optim.optimizer import Optimizer
@@ -187,6 +188,8 @@ def _encode(value: Any, name: str, tensors: dict[str, np.ndarray], depth: int = 
         raise ValueError(
             f"cannot store values nested more than {MAX_NESTING} levels deep in a checkpoint (at '{name}')"
         )
+    if _is_array(value) and not isinstance(value, np.ndarray):
+        value = to_host(value)  # state on a device (optimizer buffers): written from host memory
     if isinstance(value, np.ndarray):
         key = name
         while key in tensors:  # keys are readable paths; make them unique if two paths coincide
@@ -296,7 +299,7 @@ def _write(
         raise TypeError(f"expected a normlab Module, got {type(model).__name__}")
     path = Path(path)
     tensors: dict[str, np.ndarray] = {
-        f"model/{k}": _contiguous(v) for k, v in model.state_dict().items()
+        f"model/{k}": _contiguous(to_host(v)) for k, v in model.state_dict().items()
     }
     try:
         config = module_spec(model)
@@ -659,10 +662,17 @@ def _apply(plan: _Plan, fail: Any) -> None:
         raise fail(f"restoring failed ({type(exc).__name__}: {exc})") from exc
 
 
+@dataclass(frozen=True)
+class _Spec:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
 def _check_model_state(model: Module, state: Mapping[str, np.ndarray], fail: Any) -> None:
     """Every key of the model present with the right shape and kind of dtype, no others, and values each
     layer accepts (e.g. no negative running variance), as ``load_state_dict`` would check them."""
-    expected = model.state_dict()
+    # shape and NumPy dtype of every array of the model, on whichever device it lives
+    expected = {k: _Spec(tuple(v.shape), host_dtype(v)) for k, v in model.state_dict().items()}
     given = dict(state)
     for prefix, m in model.named_modules():
         m._upgrade_state_dict(given, f"{prefix}." if prefix else "")

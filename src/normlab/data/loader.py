@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 _STATE_FORMAT = 1
@@ -27,6 +29,34 @@ def is_dataset(x: Any) -> bool:
     if isinstance(x, np.ndarray | list | tuple) or hasattr(x, "__array__"):
         return False
     return hasattr(x, "__len__") and hasattr(x, "__getitem__")
+
+
+def _batch_mover(device: Any) -> Callable[[np.ndarray], Any] | None:
+    """How a NumPy batch reaches ``device``: ``None`` (stay NumPy) for ``None`` and ``"cpu"``; CuPy for
+    ``"cuda[:N]"``; the ``asarray(..., device=)`` of the array library a device object belongs to (e.g.
+    ``array_api_strict.Device("device1")``, ``cupy.cuda.Device(1)``)."""
+    if device is None or device == "cpu":
+        return None
+    if isinstance(device, str):
+        # imported here: normlab.nn imports normlab.distributed, which imports this module
+        from normlab.nn.module import _device_mover
+
+        try:
+            return _device_mover(device)
+        except (RuntimeError, ValueError) as err:
+            raise type(err)(f"DataLoader: device={device!r}: {err}") from err
+    library = sys.modules.get(type(device).__module__.split(".")[0])
+    if library is None or not hasattr(library, "asarray"):
+        raise TypeError(
+            f"DataLoader: device must be 'cpu', 'cuda', 'cuda:N' or a device object of an array library, "
+            f"got {device!r}"
+        )
+    xp = array_api_compat.array_namespace(library.asarray(0.0))
+
+    def move(batch: np.ndarray) -> Any:
+        return xp.asarray(batch, device=device)
+
+    return move
 
 
 class DataLoader:
@@ -44,6 +74,10 @@ class DataLoader:
       across batches, and ``shuffle`` / ``drop_last`` have no effect.  An epoch is ``num_batches`` batches
       (default ``ceil(N / batch_size)``).
 
+    ``device``: where batches are handed out: ``None``/``"cpu"`` NumPy arrays (default); ``"cuda"``,
+    ``"cuda:N"`` CuPy arrays on that GPU; or a device object of an array library (e.g.
+    ``array_api_strict.Device("device1")``).  The data are read and indexed on the host either way.
+
     Batches are copies (fancy indexing), never views into ``x``.  ``state_dict()`` / ``load_state_dict()`` save and
     restore the generator and the position inside an interrupted epoch, so a resumed run sees exactly the batches
     the uninterrupted run would have seen.
@@ -59,7 +93,9 @@ class DataLoader:
         replacement: bool = False,
         num_batches: int | None = None,
         seed: int | None = 0,
+        device: Any = None,
     ) -> None:
+        move = _batch_mover(device)  # checked first: a bad device builds no loader
         self.is_dataset = is_dataset(x)
         if self.is_dataset and y is not None:
             raise ValueError(
@@ -97,6 +133,7 @@ class DataLoader:
         self.replacement = bool(replacement)
         self._num_batches = num_batches
         self._rng = np.random.default_rng(seed)
+        self.device, self._move = device, move
         # Resume bookkeeping: the generator state at the start of the epoch in progress (None between epochs),
         # how many of its batches were handed out, and how many the next epoch skips after load_state_dict.
         self._epoch_start: dict[str, Any] | None = None
@@ -134,9 +171,16 @@ class DataLoader:
             # counted before the yield: a state_dict taken while batch i is in use resumes at i + 1
             self._position = i + 1
             if random_batches:
-                yield self.x.load_batch(idx, np.random.default_rng([augment_seed, i]))
+                batch = self.x.load_batch(idx, np.random.default_rng([augment_seed, i]))
             else:
-                yield self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
+                batch = self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
+            if self._move is not None:  # read on the host, handed over on the device
+                batch = (
+                    tuple(self._move(np.asarray(b)) for b in batch)
+                    if isinstance(batch, tuple)
+                    else self._move(batch)
+                )
+            yield batch
         self._epoch_start, self._position = None, 0
 
     def _config(self) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from normlab import functional as F
+from normlab.backend import is_numpy, namespace
 from normlab.nn.module import Module
-from normlab.nn.norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlab.nn.norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _flat
 
 _PLAIN_BATCH_NORMS = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
 
@@ -79,17 +80,23 @@ class SplitBatchNorm:
         """Add up the gathered sums; ``True`` if this pass was gathering them."""
         if self.sums is not None or not self.sum_parts:
             return False
-        self.sums = (
-            np.sum([p[0] for p in self.sum_parts], axis=0),
-            np.sum([p[1] for p in self.sum_parts], axis=0),
-        )
+        xp = namespace(self.sum_parts[0][0])
+        if is_numpy(xp):
+            self.sums = (
+                np.sum([p[0] for p in self.sum_parts], axis=0),
+                np.sum([p[1] for p in self.sum_parts], axis=0),
+            )
+        else:  # arrays on a device: stacked and summed there
+            self.sums = tuple(
+                xp.sum(xp.stack([p[i] for p in self.sum_parts]), axis=0) for i in (0, 1)
+            )
         return True
 
     def update_running_stats(self) -> None:
         """One running-statistics update from the whole batch's statistics (as the full batch would)."""
         if self.layer.track_running_stats and self.stats is not None:
             mean, var, count = self.stats
-            self.layer._apply_batch_stats(mean.reshape(-1), var.reshape(-1), count)
+            self.layer._apply_batch_stats(_flat(mean), _flat(var), count)
 
 
 def split_batch_layers(model: Module, where: str) -> list[Module]:

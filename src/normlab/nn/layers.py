@@ -24,10 +24,16 @@ import numpy as np
 
 from normlab import functional as F
 from normlab import kernels
-from normlab.backend import FLOAT_DTYPES, as_param_dtype, check_float_array, is_grad_enabled
+from normlab.backend import (
+    FLOAT_DTYPES,
+    as_param_dtype,
+    check_float_array,
+    is_grad_enabled,
+    namespace,
+)
 from normlab.functional.conv import Pair, pair, window_geometry
 from normlab.nn import init
-from normlab.nn.module import Module, Parameter
+from normlab.nn.module import Module, Parameter, _is_array
 from normlab.nn.registry import dtype_name, register_module
 
 
@@ -349,6 +355,11 @@ class AvgPool2d(_Pool2d):
 
 
 # --------------------------------------------------------------------------------------- reshaping
+def _reshape(a: Any, shape: tuple[int, ...]) -> Any:
+    """``a.reshape(shape)`` for NumPy; the standard's ``reshape`` for arrays of another namespace."""
+    return a.reshape(shape) if isinstance(a, np.ndarray) else namespace(a).reshape(a, shape)
+
+
 @register_module
 class Flatten(CachedLayer):
     """Merge axes ``start_dim`` .. ``end_dim`` into one: (N, C, H, W) -> (N, C·H·W) by default."""
@@ -358,20 +369,21 @@ class Flatten(CachedLayer):
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
+        if not _is_array(x):
+            x = np.asarray(x)
         start, end = self.start_dim % max(x.ndim, 1), self.end_dim % max(x.ndim, 1)
         if x.ndim == 0 or start > end:
             raise ValueError(
                 f"{self._label()}: cannot flatten dims {self.start_dim}..{self.end_dim} of shape {x.shape}"
             )
         merged = math.prod(x.shape[start : end + 1])
-        y = x.reshape(*x.shape[:start], merged, *x.shape[end + 1 :])
+        y = _reshape(x, (*x.shape[:start], merged, *x.shape[end + 1 :]))
         self._keep(x.shape, y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         dy, input_shape = self._take_cache(grad_output)
-        return dy.reshape(input_shape)
+        return _reshape(dy, input_shape)
 
     def get_config(self) -> dict[str, Any]:
         return {"start_dim": self.start_dim, "end_dim": self.end_dim}

@@ -25,7 +25,16 @@ from typing import Any, NamedTuple
 import array_api_compat
 import numpy as np
 
-from normlab.backend import FLOAT_DTYPES, device_of, is_float_dtype, namespace
+from normlab.backend import (
+    FLOAT_DTYPES,
+    copy_array,
+    device_of,
+    host_dtype,
+    is_float_dtype,
+    like,
+    namespace,
+    to_host,
+)
 
 
 def _is_array(value: Any) -> bool:
@@ -452,7 +461,7 @@ class Module:
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for mod_prefix, m in self.named_modules():
             for key, arr in m._state_items(f"{mod_prefix}." if mod_prefix else ""):
-                out[key] = arr.copy()
+                out[key] = copy_array(arr)  # on the array's own device
         return out
 
     def _upgrade_state_dict(self, state: dict[str, Any], prefix: str) -> None:
@@ -499,22 +508,26 @@ class Module:
             if key not in given:
                 continue
             try:
-                value = to_numpy(given[key])
+                raw = given[key]
+                # arrays saved from a device come to the host for the checks; they land on this
+                # model's device at the end, whichever device they were saved from
+                value = to_host(raw) if _is_array(raw) else to_numpy(raw)
             except Exception as exc:  # e.g. an object that is not array-like
                 errors.append(
                     f"'{key}': cannot convert {type(given[key]).__name__} to an array ({exc})"
                 )
                 continue
-            if value.shape != current.shape:
-                errors.append(f"'{key}': expected shape {current.shape}, got {value.shape}")
+            current_dtype = host_dtype(current)
+            if value.shape != tuple(current.shape):
+                errors.append(f"'{key}': expected shape {tuple(current.shape)}, got {value.shape}")
                 continue
-            if current.dtype.kind == "f" and value.dtype.kind not in "fiu":
+            if current_dtype.kind == "f" and value.dtype.kind not in "fiu":
                 errors.append(f"'{key}': expected a floating-point array, got dtype {value.dtype}")
                 continue
-            if current.dtype.kind in "iu" and value.dtype.kind not in "iu":
+            if current_dtype.kind in "iu" and value.dtype.kind not in "iu":
                 errors.append(f"'{key}': expected an integer array, got dtype {value.dtype}")
                 continue
-            staged.append((m, name, value.astype(current.dtype, copy=True)))
+            staged.append((m, name, value.astype(current_dtype, copy=True)))
 
         by_module: dict[int, tuple[Module, dict[str, np.ndarray]]] = {}
         for m, name, value in staged:
@@ -528,8 +541,12 @@ class Module:
                 f"error(s) loading state dict into {type(self).__name__} (nothing was changed): "
                 + "; ".join(errors)
             )
+        moved = []  # every copy to the device made before anything is replaced
         for m, name, value in staged:
             param = m._parameters.get(name)
+            current = param.data if param is not None else m._buffers[name]
+            moved.append((m, name, param, like(value, current)))
+        for m, name, param, value in moved:
             if param is not None:
                 param.data = value
             else:

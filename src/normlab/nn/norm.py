@@ -43,13 +43,55 @@ import numpy as np
 
 from normlab import functional as F
 from normlab import kernels
-from normlab.backend import FLOAT_DTYPES, check_float_array, is_grad_enabled
+from normlab.backend import FLOAT_DTYPES, check_float_array, is_grad_enabled, namespace
 from normlab.functional import checks
 from normlab.functional.norm import NormGrads
 from normlab.nn.module import Module, Parameter
 from normlab.nn.registry import dtype_name
 
 RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
+
+
+# NumPy arrays keep their methods (the fast path, unchanged); arrays of another namespace (CuPy,
+# array-api-strict) go through the functions of the Array API standard
+def _flat(a: Any) -> Any:
+    return a.reshape(-1) if isinstance(a, np.ndarray) else namespace(a).reshape(a, (-1,))
+
+
+def _reshaped(a: Any, shape: tuple[int, ...]) -> Any:
+    return a.reshape(shape) if isinstance(a, np.ndarray) else namespace(a).reshape(a, shape)
+
+
+def _copy(a: Any) -> Any:
+    return a.copy() if isinstance(a, np.ndarray) else namespace(a).asarray(a, copy=True)
+
+
+def _bad_positions(bad: Any, index_shape: tuple[int, ...]) -> tuple[list[Any], int]:
+    """The first 10 indices (ints, or tuples for several axes) where the boolean ``bad`` is true once
+    reshaped to ``index_shape``, and how many there are in all.  Only called once ``bad`` holds a true
+    value: on a device, the few indices are read back one by one (no conversion of the mask to NumPy)."""
+    if isinstance(bad, np.ndarray):
+        coords = np.nonzero(bad.reshape(index_shape))
+    else:
+        xp = namespace(bad)
+        coords = xp.nonzero(xp.reshape(bad, index_shape))
+    total = int(coords[0].shape[0])
+    where = [
+        tuple(int(c[i]) for c in coords) if len(coords) > 1 else int(coords[0][i])
+        for i in range(min(total, 10))
+    ]
+    return where, total
+
+
+def _any(mask: Any) -> bool:
+    return bool(mask.any()) if isinstance(mask, np.ndarray) else bool(namespace(mask).any(mask))
+
+
+def _next_count(count: Any) -> Any:
+    """``num_batches_tracked + 1``, a 0-d int64 array on the counter's device."""
+    if isinstance(count, np.ndarray):
+        return np.array(count + 1, dtype=np.int64)
+    return count + 1  # a 0-d int64 array of its namespace stays one
 
 
 def momentum_from_keras(keras_momentum: float) -> float:
@@ -98,13 +140,11 @@ class _Normalization(Module):
         """The one policy for statistics taken from the input that are not finite (a NaN or inf in the input,
         or a variance that overflows): the output of those groups is NaN (see ``functional.norm``), and a
         ``RuntimeWarning`` names the layer and where.  ``var`` reshaped to ``index_shape`` indexes ``unit``."""
-        bad = ~np.isfinite(var)
-        if not bad.any():
+        bad = ~np.isfinite(var) if isinstance(var, np.ndarray) else ~namespace(var).isfinite(var)
+        if not _any(bad):
             return
-        where = [
-            tuple(i) if len(i) > 1 else int(i[0]) for i in np.argwhere(bad.reshape(index_shape))
-        ]
-        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+        where, total = _bad_positions(bad, index_shape)
+        more = f" and {total - 10} more" if total > 10 else ""
         warnings.warn(
             f"{self._label()}: statistics are not finite (NaN or inf in the input, or a variance that "
             f"overflows) in {unit} {where[:10]}{more}; the output there is NaN",
@@ -200,16 +240,18 @@ class _NormBase(_Normalization):
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches counted."""
         if self.track_running_stats:
-            self.running_mean = np.zeros_like(self.running_mean)
-            self.running_var = np.ones_like(self.running_var)
-            self.num_batches_tracked = np.array(0, dtype=np.int64)
+            xp = namespace(self.running_mean)
+            self.running_mean = xp.zeros_like(self.running_mean)
+            self.running_var = xp.ones_like(self.running_var)
+            self.num_batches_tracked = xp.zeros_like(self.num_batches_tracked)
 
     def reset_parameters(self) -> None:
         """Running statistics reset, weight 1, bias 0 (the identity transform)."""
         self.reset_running_stats()
         if self.affine:
-            self.weight.data = np.ones_like(self.weight.data)
-            self.bias.data = np.zeros_like(self.bias.data)
+            xp = namespace(self.weight.data)
+            self.weight.data = xp.ones_like(self.weight.data)
+            self.bias.data = xp.zeros_like(self.bias.data)
 
     def _upgrade_state_dict(self, state: dict[str, Any], prefix: str) -> None:
         # state dicts saved before num_batches_tracked existed (PyTorch < 0.4.1) load with a count of 0
@@ -279,7 +321,7 @@ class _NormBase(_Normalization):
         or, while ``fit`` accumulates gradients over micro-batches, kept until :meth:`flush_batch_stats`
         merges the step's micro-batches into one update (as one batch of them all would have made)."""
         if self._deferred_stats is not None:
-            self._deferred_stats.append((batch_mean.copy(), biased_var.copy(), count))
+            self._deferred_stats.append((_copy(batch_mean), _copy(biased_var), count))
         else:
             self._apply_batch_stats(batch_mean, biased_var, count)
 
@@ -301,20 +343,27 @@ class _NormBase(_Normalization):
             self._apply_batch_stats(mean, var, count)
 
     def _update_running_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray) -> None:
-        bad = ~(np.isfinite(batch_mean) & np.isfinite(batch_var))
-        if bad.any():
-            channels = np.flatnonzero(bad).tolist()
-            warnings.warn(
-                f"{self._label()}: batch statistics are not finite in channel(s) {channels[:10]}"
-                f"{' ...' if len(channels) > 10 else ''}; running statistics were not updated from this batch",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        if self._refuse_nonfinite(batch_mean, batch_var, "running"):
             return
-        self.num_batches_tracked = np.array(self.num_batches_tracked + 1, dtype=np.int64)
+        self.num_batches_tracked = _next_count(self.num_batches_tracked)
         self.running_mean, self.running_var = F.update_running_stats(
             self.running_mean, self.running_var, batch_mean, batch_var, self._momentum_factor()
         )
+
+    def _refuse_nonfinite(self, batch_mean: Any, batch_spread: Any, which: str) -> bool:
+        """Warn and return True when a channel's batch statistics are not finite (no update then)."""
+        xp = np if isinstance(batch_mean, np.ndarray) else namespace(batch_mean)
+        bad = ~(xp.isfinite(batch_mean) & xp.isfinite(batch_spread))
+        if not _any(bad):
+            return False
+        channels, total = _bad_positions(bad, (bad.shape[0],))
+        warnings.warn(
+            f"{self._label()}: batch statistics are not finite in channel(s) {channels}"
+            f"{' ...' if total > 10 else ''}; {which} statistics were not updated from this batch",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return True
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments as JSON values (for saving the architecture)."""
@@ -422,7 +471,7 @@ class _BatchNorm(_NormBase):
             x, self._w(), self._b(), virtual_batch_size=v, eps=self.eps, norm=F.NormOp(*op)
         )
         if self.track_running_stats:
-            self._track(cache.mean.reshape(-1), cache.var.reshape(-1), cache.count)
+            self._track(_flat(cache.mean), _flat(cache.var), cache.count)
         self._keep(cache, F.ghost_batch_norm_backward)
         return y
 
@@ -472,7 +521,7 @@ class _BatchNorm(_NormBase):
         if (
             self.training and self.track_running_stats
         ):  # the running update warns about bad statistics
-            self._track(cache.mean.reshape(-1), cache.var.reshape(-1), count)
+            self._track(_flat(cache.mean), _flat(cache.var), count)
         elif use_batch_stats:
             self._warn_nonfinite(cache.var, (self.num_features,), "channel(s)")
         self._keep(cache, backward)
@@ -570,7 +619,11 @@ class _InstanceNorm(_NormBase):
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_ranks(x)
         unbatched = x.ndim == self._ranks[0]
-        xb = x[None] if unbatched else x
+        xb = (
+            (x[None] if isinstance(x, np.ndarray) else namespace(x).expand_dims(x, axis=0))
+            if unbatched
+            else x
+        )
         self._check_channels(xb)
         use_input_stats = self.training or not self.track_running_stats
         count = math.prod(xb.shape[2:])
@@ -593,19 +646,23 @@ class _InstanceNorm(_NormBase):
         )
         if self.training and self.track_running_stats and xb.size > 0:
             # the running statistics follow the average over the batch of each instance's statistics
-            instance_mean = cache.mean.reshape(xb.shape[:2])
-            instance_var = self._store_variance(cache.var.reshape(xb.shape[:2]), count)
-            self._update_running_stats(instance_mean.mean(axis=0), instance_var.mean(axis=0))
+            xp = namespace(xb)
+            instance_mean = _reshaped(cache.mean, xb.shape[:2])
+            instance_var = self._store_variance(_reshaped(cache.var, xb.shape[:2]), count)
+            self._update_running_stats(
+                xp.mean(instance_mean, axis=0), xp.mean(instance_var, axis=0)
+            )
         if use_input_stats and xb.size > 0:
             self._warn_nonfinite(cache.var, xb.shape[:2], "(sample, channel)")
         self._keep(cache, op.backward)
         self._unbatched = unbatched
-        return y[0] if unbatched else y
+        return y[0, ...] if unbatched else y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         if self._cache is not None and getattr(self, "_unbatched", False):
             dy = check_float_array(grad_output, self._label(), "gradient")
-            return super().backward(dy[None])[0]
+            xp = namespace(dy)
+            return super().backward(xp.expand_dims(dy, axis=0))[0, ...]
         return super().backward(grad_output)
 
 
@@ -698,9 +755,11 @@ class LayerNorm(_Normalization):
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
-            self.weight.data = np.ones_like(self.weight.data)
+            xp = namespace(self.weight.data)
+            self.weight.data = xp.ones_like(self.weight.data)
         if self.bias is not None:
-            self.bias.data = np.zeros_like(self.bias.data)
+            xp = namespace(self.bias.data)
+            self.bias.data = xp.zeros_like(self.bias.data)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_float(x)
@@ -766,7 +825,7 @@ class RMSNorm(_Normalization):
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
-            self.weight.data = np.ones_like(self.weight.data)
+            self.weight.data = namespace(self.weight.data).ones_like(self.weight.data)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_float(x)
@@ -851,8 +910,9 @@ class GroupNorm(_Normalization):
 
     def reset_parameters(self) -> None:
         if self.affine:
-            self.weight.data = np.ones_like(self.weight.data)
-            self.bias.data = np.zeros_like(self.bias.data)
+            xp = namespace(self.weight.data)
+            self.weight.data = xp.ones_like(self.weight.data)
+            self.bias.data = xp.zeros_like(self.bias.data)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_float(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from normlab.backend import host_dtype
 from normlab.nn.module import Module
 
 _REGISTRY: dict[str, type[Module]] = {}
@@ -33,8 +34,8 @@ def registered_modules() -> dict[str, type[Module]]:
 def dtype_name(module: Module) -> str | None:
     """Name of the dtype of the module's own floating-point parameters/buffers (``None`` if it has none)."""
     arrays = [p.data for p in module._parameters.values() if p is not None]
-    arrays += [b for b in module._buffers.values() if b is not None and b.dtype.kind == "f"]
-    return str(arrays[0].dtype) if arrays else None
+    arrays += [b for b in module._buffers.values() if b is not None and host_dtype(b).kind == "f"]
+    return str(host_dtype(arrays[0])) if arrays else None
 
 
 def module_spec(module: Module) -> dict[str, Any]:

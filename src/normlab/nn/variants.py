@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Any
 
 import numpy as np
 
 from normlab import functional as F
 from normlab import kernels
+from normlab.backend import namespace
 from normlab.functional.variants import RenormClipping, RenormSchedule
 from normlab.nn.layers import Conv2d
-from normlab.nn.norm import _BatchNorm
+from normlab.nn.norm import _BatchNorm, _flat, _next_count
 from normlab.nn.registry import register_module
 
 Clipping = RenormClipping | RenormSchedule
@@ -144,7 +144,8 @@ class _BatchRenorm(_BatchNorm):
         super().reset_running_stats()
         for name, fill in (("running_std", 1.0), ("renorm_mean", 0.0), ("renorm_std", 1.0)):
             if name in self._buffers:
-                setattr(self, name, np.full_like(self._buffers[name], fill))
+                buffer = self._buffers[name]
+                setattr(self, name, namespace(buffer).full_like(buffer, fill))
 
     def clipping(self) -> RenormClipping:
         """The limits in force for the next training step."""
@@ -174,23 +175,17 @@ class _BatchRenorm(_BatchNorm):
             eps=self.eps,
             norm=F.NormOp(*kernels.resolve("batch_norm", x)),
         )
-        self._track(cache.mean.reshape(-1), cache.var.reshape(-1), cache.count)
+        self._track(_flat(cache.mean), _flat(cache.var), cache.count)
         self._keep(cache, F.batch_renorm_backward)
         return y
 
     def _apply_batch_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> None:
         """The moving averages of the mean and of σ_B = sqrt(var_B + eps) (``batch_var`` biased)."""
-        batch_std = np.sqrt(batch_var + self.eps)
-        bad = ~(np.isfinite(batch_mean) & np.isfinite(batch_std))
-        if bad.any():
-            warnings.warn(
-                f"{self._label()}: batch statistics are not finite in channel(s) "
-                f"{np.flatnonzero(bad).tolist()[:10]}; moving statistics were not updated from this batch",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        xp = np if isinstance(batch_var, np.ndarray) else namespace(batch_var)
+        batch_std = xp.sqrt(batch_var + self.eps)
+        if self._refuse_nonfinite(batch_mean, batch_std, "moving"):
             return
-        self.num_batches_tracked = np.array(self.num_batches_tracked + 1, dtype=np.int64)
+        self.num_batches_tracked = _next_count(self.num_batches_tracked)
         if self.renorm_momentum is not None:
             self.renorm_mean, self.renorm_std = F.update_moving_moments(
                 self.renorm_mean, self.renorm_std, batch_mean, batch_std, self.renorm_momentum
@@ -199,9 +194,14 @@ class _BatchRenorm(_BatchNorm):
             self.running_mean, self.running_std, batch_mean, batch_std, self._momentum_factor()
         )
         # eval normalizes by sqrt(running_var + eps) = σ (clamped at 0 against rounding, as Keras does)
-        self.running_var = np.maximum(self.running_std**2 - self.eps, 0).astype(
-            self.running_var.dtype
-        )
+        if isinstance(self.running_std, np.ndarray):
+            self.running_var = np.maximum(self.running_std**2 - self.eps, 0).astype(
+                self.running_var.dtype
+            )
+        else:
+            self.running_var = xp.astype(
+                xp.clip(self.running_std**2 - self.eps, min=0), self.running_var.dtype
+            )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from normlab import kernels
+from normlab.backend import namespace
 from normlab.nn.module import Parameter
 from normlab.optim.optimizer import Optimizer, check_fraction, check_non_negative
 
@@ -74,12 +75,12 @@ class AdaGrad(Optimizer):
     ) -> None:
         if "sum" not in state:
             state["step"] = 0
-            state["sum"] = np.full_like(p.data, group["initial_accumulator_value"])
+            state["sum"] = namespace(p.data).full_like(p.data, group["initial_accumulator_value"])
         state["step"] += 1
         g = _with_l2(grad, p, group["weight_decay"])
         lr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
         state["sum"] += g * g
-        p.data -= lr * g / (np.sqrt(state["sum"]) + group["eps"])
+        p.data -= lr * g / (namespace(g).sqrt(state["sum"]) + group["eps"])
 
 
 class RMSProp(Optimizer):
@@ -116,11 +117,11 @@ class RMSProp(Optimizer):
         alpha = group["alpha"]
         if "square_avg" not in state:
             state["step"] = 0
-            state["square_avg"] = np.zeros_like(p.data)
+            state["square_avg"] = namespace(p.data).zeros_like(p.data)
             if group["centered"]:
-                state["grad_avg"] = np.zeros_like(p.data)
+                state["grad_avg"] = namespace(p.data).zeros_like(p.data)
             if group["momentum"] > 0:
-                state["momentum_buffer"] = np.zeros_like(p.data)
+                state["momentum_buffer"] = namespace(p.data).zeros_like(p.data)
         state["step"] += 1
         g = _with_l2(grad, p, group["weight_decay"])
         square_avg = state["square_avg"]
@@ -129,9 +130,9 @@ class RMSProp(Optimizer):
         if group["centered"]:
             grad_avg = state["grad_avg"]
             grad_avg += (1 - alpha) * (g - grad_avg)
-            denom = np.sqrt(square_avg - grad_avg * grad_avg) + group["eps"]
+            denom = namespace(square_avg).sqrt(square_avg - grad_avg * grad_avg) + group["eps"]
         else:
-            denom = np.sqrt(square_avg) + group["eps"]
+            denom = namespace(square_avg).sqrt(square_avg) + group["eps"]
         if group["momentum"] > 0:
             buf = state["momentum_buffer"]
             buf *= group["momentum"]
@@ -180,10 +181,10 @@ class Adam(Optimizer):
         beta1, beta2 = group["betas"]
         if "exp_avg" not in state:
             state["step"] = 0
-            state["exp_avg"] = np.zeros_like(p.data)
-            state["exp_avg_sq"] = np.zeros_like(p.data)
+            state["exp_avg"] = namespace(p.data).zeros_like(p.data)
+            state["exp_avg_sq"] = namespace(p.data).zeros_like(p.data)
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(p.data)
+                state["max_exp_avg_sq"] = namespace(p.data).zeros_like(p.data)
         state["step"] += 1
         # the rule itself: normlab.functional.adam_update, or its numba twin (normlab.kernels)
         arrays = (p.data, grad, state["exp_avg"], state["exp_avg_sq"])

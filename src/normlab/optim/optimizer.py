@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from normlab.nn.module import Module, Parameter
+from normlab.backend import copy_array, like, namespace, to_host
+from normlab.nn.module import Module, Parameter, _is_array
 
 
 class OptimizerStateError(ValueError):
@@ -97,7 +98,10 @@ class Optimizer:
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
-                grad = p.grad.astype(p.data.dtype, copy=False)
+                if isinstance(p.grad, np.ndarray):
+                    grad = p.grad.astype(p.data.dtype, copy=False)
+                else:  # an array of another namespace (on a device): the standard's astype
+                    grad = namespace(p.grad).astype(p.grad, p.data.dtype, copy=False)
                 self._update(p, grad, self.state.setdefault(p, {}), group)
 
     def _update(
@@ -117,7 +121,7 @@ class Optimizer:
         """
         index = {id(p): i for i, p in enumerate(self._indexed_params())}
         state = {
-            index[id(p)]: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+            index[id(p)]: {k: (copy_array(v) if _is_array(v) else v) for k, v in s.items()}
             for p, s in self.state.items()
             if id(p) in index
         }
@@ -212,13 +216,18 @@ class Optimizer:
                         )
                     restored[k] = int(v)
                     continue
-                arr = np.asarray(v)
+                arr = to_host(v) if _is_array(v) else np.asarray(v)
                 if arr.shape != p.shape or arr.dtype.kind != "f":
                     raise fail(
                         f"state '{k}' of parameter {index}: expected a float array of shape {p.shape}, got "
                         f"{arr.dtype} array of shape {arr.shape}"
                     )
-                restored[k] = arr.astype(p.dtype, copy=True)
+                # on the parameter's device, in its dtype, whichever device the state was saved from
+                if isinstance(p.data, np.ndarray):
+                    restored[k] = arr.astype(p.dtype, copy=True)
+                else:
+                    xp = namespace(p.data)
+                    restored[k] = xp.astype(like(arr, p.data), p.data.dtype, copy=True)
             state[p] = restored
         return groups, state
 

@@ -29,6 +29,7 @@ from normlab.nn.accumulation import SplitBatchNorm, StopPass, split_batch_layers
 from normlab.nn.module import Module
 from normlab.nn.norm import _NormBase
 from normlab.optim.optimizer import Optimizer
+from normlab.train.batches import concat
 from normlab.train.metrics import per_sample_loss
 from normlab.train.step import Step
 
@@ -70,23 +71,24 @@ def _run_micro_batches(
 ) -> tuple[Step, bool]:
     """Forward, loss and backward of every micro-batch, the loss gradients weighted by sample share.
     Returns the step's record and whether a layer stopped the backward (an exact-mode gathering pass)."""
-    total = sum(len(xb) for xb, _ in micro_batches)
+    total = sum(int(xb.shape[0]) for xb, _ in micro_batches)
     mean_loss = getattr(criterion, "reduction", "mean") == "mean"
     outputs, losses, values, stopped = [], [], [], False
     for xb, yb in micro_batches:
         out = model(xb)
+        n = int(out.shape[0])
         value = criterion(out, yb)
-        losses.append(per_sample_loss(criterion, value, len(out)) * len(out))
-        values.append(float(value) * (len(out) if mean_loss else 1))
+        losses.append(per_sample_loss(criterion, value, n) * n)
+        values.append(float(value) * (n if mean_loss else 1))
         grad = criterion.backward()
         try:
-            model.backward(grad * (len(out) / total) if mean_loss else grad)
+            model.backward(grad * (n / total) if mean_loss else grad)
         except StopPass:
             stopped = True
         outputs.append(out)
     loss_value = sum(values) / total if mean_loss else sum(values)
-    targets = np.concatenate([yb for _, yb in micro_batches])
-    return Step(np.concatenate(outputs), targets, sum(losses) / total, loss_value), stopped
+    targets = concat([yb for _, yb in micro_batches])
+    return Step(concat(outputs), targets, sum(losses) / total, loss_value), stopped
 
 
 def _check_loss(step: Step, nonfinite_loss: str) -> None:

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from normlab.backend import is_numpy, like, namespace
 from normlab.data import DataLoader
+from normlab.nn.module import Module, _is_array
 
 
 class EpochBatches:
@@ -96,10 +98,38 @@ def batch_source(
     return x
 
 
-def split_batch(batch: Any, where: str) -> tuple[np.ndarray, Any]:
+def model_array(model: Module) -> Any:
+    """An array of ``model`` (its first parameter, else buffer) that says where its inputs must live, or
+    ``None`` for a model of NumPy arrays (or none at all): the common case, batches then stay NumPy."""
+    for p in model.parameters():
+        return None if isinstance(p.data, np.ndarray) else p.data
+    for b in model.buffers():
+        return None if isinstance(b, np.ndarray) else b
+    return None
+
+
+def on_device(value: Any, reference: Any) -> Any:
+    """A batch array (NumPy or array-like) as an array on ``reference``'s device (``None``: NumPy).  Arrays
+    already of another namespace are left as they are: the first layer then checks their device and names
+    both devices if they differ (``Module.__call__``)."""
+    if reference is None:
+        return np.asarray(value)
+    if _is_array(value) and not isinstance(value, np.ndarray):
+        return value
+    return like(np.asarray(value), reference)
+
+
+def split_batch(batch: Any, where: str, reference: Any = None) -> tuple[Any, Any]:
+    """A batch ``(x, y)`` checked, both parts on ``reference``'s device (NumPy without one)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(f"{where}: each batch must be a pair (x, y), got {type(batch).__name__}")
-    return np.asarray(batch[0]), np.asarray(batch[1])
+    return on_device(batch[0], reference), on_device(batch[1], reference)
+
+
+def concat(arrays: list[Any]) -> Any:
+    """``arrays`` joined along the first axis, in their own namespace."""
+    xp = namespace(*arrays)
+    return np.concatenate(arrays) if is_numpy(xp) else xp.concat(arrays, axis=0)
 
 
 def as_xy(data: Any) -> tuple[Any, Any]:

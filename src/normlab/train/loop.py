@@ -8,6 +8,11 @@ Reproducibility: with ``seed`` given, epoch ``e``'s shuffling and every dropout 
 derived from ``(seed, e)`` at the start of the epoch.  Two runs with the same seed, model and optimizer are
 bit-identical, and a run resumed from a checkpoint at an epoch boundary (``initial_epoch``) repeats the
 uninterrupted run exactly.
+
+Devices: with the model on a device (``model.to("cuda")``), each NumPy batch is moved to the model's device as
+it is used; batches already on a device are used as they are (on another device than the model's, the first
+layer raises a ``ValueError`` naming both).  Losses and metrics come back as Python floats; ``predict``
+returns one NumPy array.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from normlab import distributed, kernels
-from normlab.backend import no_grad
+from normlab.backend import no_grad, to_host
 from normlab.callbacks import Callback, FitRun
 from normlab.doctor.callback import DoctorCallback
 from normlab.nn.fusion import fuse
@@ -27,7 +32,15 @@ from normlab.nn.loss import CrossEntropyLoss
 from normlab.nn.module import Module
 from normlab.optim.optimizer import Optimizer
 from normlab.train.accumulate import accumulation_step, check_accumulation
-from normlab.train.batches import as_xy, batch_source, check_batch_size, split_batch
+from normlab.train.batches import (
+    as_xy,
+    batch_source,
+    check_batch_size,
+    concat,
+    model_array,
+    on_device,
+    split_batch,
+)
 from normlab.train.display import Display
 from normlab.train.history import History
 from normlab.train.metrics import Averages, Metric, per_sample_loss, resolve_metrics
@@ -270,7 +283,9 @@ def _train_epoch(
     sample-weighted means of the pass."""
     epoch, optimizer, history = run.epoch, run.optimizer, run.history
     averages = Averages()
-    for group in _groups(run.batches, accumulate):
+    # a model on a device (model.to(...)) gets every batch there; NumPy models get NumPy batches
+    reference = model_array(runner)
+    for group in _groups(run.batches, accumulate, reference):
         try:
             if accumulate == 1:
                 xb, yb = group[0]
@@ -299,7 +314,7 @@ def _train_epoch(
         logs = {"epoch": epoch, "loss": step.loss}
         logs.update({k: float(fn(step.outputs, step.targets)) for k, fn in metric_fns.items()})
         logs["lr"] = optimizer.param_groups[0]["lr"]
-        count = len(step.outputs)
+        count = len(step)
         if run.sync is not None:  # loss and metrics of the global batch, the same on every rank
             logs = run.sync.reduce_logs(logs, count, ["loss", *metric_fns])
             count = int(logs.pop("_n"))
@@ -314,11 +329,14 @@ def _train_epoch(
     return averages.means()
 
 
-def _groups(batches: Any, size: int) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-    """The batches in consecutive groups of ``size`` (the last one of an epoch may be shorter)."""
+def _groups(
+    batches: Any, size: int, reference: Any = None
+) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """The batches in consecutive groups of ``size`` (the last one of an epoch may be shorter), on the
+    device of ``reference`` (see :func:`normlab.train.batches.split_batch`)."""
     group: list[tuple[np.ndarray, np.ndarray]] = []
     for batch in batches:
-        group.append(split_batch(batch, "fit"))
+        group.append(split_batch(batch, "fit", reference))
         if len(group) == size:
             yield group
             group = []
@@ -349,15 +367,17 @@ def evaluate(
     metric_fns = resolve_metrics(metrics, criterion)
     averages = Averages()
     saved_modes = _saved_modes(model)
+    reference = model_array(model)
     try:
         model.eval()
         with no_grad():
             for batch in batches:
-                xb, yb = split_batch(batch, "evaluate")
+                xb, yb = split_batch(batch, "evaluate", reference)
                 out = model(xb)
-                values = {"loss": per_sample_loss(criterion, criterion(out, yb), len(out))}
+                n = int(out.shape[0])
+                values = {"loss": per_sample_loss(criterion, criterion(out, yb), n)}
                 values.update({name: float(fn(out, yb)) for name, fn in metric_fns.items()})
-                averages.add(values, len(xb))
+                averages.add(values, n)
     finally:
         _restore_modes(saved_modes)
     return averages.means()
@@ -365,19 +385,23 @@ def evaluate(
 
 def predict(model: Module, x: Any, *, batch_size: int = 256) -> np.ndarray:
     """Outputs of ``model`` in eval mode for array ``x`` (N, ...) or a batch source (of arrays or of
-    ``(xb, yb)`` pairs, whose ``yb`` is ignored), concatenated along the first axis, under ``no_grad()``."""
+    ``(xb, yb)`` pairs, whose ``yb`` is ignored), concatenated along the first axis, under ``no_grad()``.
+
+    A model on a device (``model.to(...)``) gets each batch there; the outputs come back as one NumPy array."""
     batches = _eval_batches(x, None, batch_size, "predict")
     outputs = []
     saved_modes = _saved_modes(model)
+    reference = model_array(model)
     try:
         model.eval()
         with no_grad():
             for batch in batches:
                 xb = batch[0] if isinstance(batch, (tuple, list)) else batch
-                outputs.append(model(np.asarray(xb)))
+                outputs.append(model(on_device(xb, reference)))
     finally:
         _restore_modes(saved_modes)
-    return np.concatenate(outputs, axis=0)
+    # a model on a device: its outputs are joined there and copied to the host once
+    return to_host(concat(outputs))
 
 
 __all__ = ["evaluate", "fit", "predict"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from normlab.backend import namespace
 from normlab.nn.loss import CrossEntropyLoss
 from normlab.nn.module import Module
 
@@ -15,7 +16,13 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 
 def output_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
     """Fraction of rows of ``outputs`` (N, classes) whose largest value is at the class ``targets`` (N,)."""
-    return float(np.mean(np.argmax(outputs, axis=1) == targets))
+    if isinstance(outputs, np.ndarray):
+        return float(np.mean(np.argmax(outputs, axis=1) == targets))
+    xp = namespace(outputs)  # on a device: one number comes back to the host
+    hits = xp.argmax(outputs, axis=1) == xp.astype(targets, xp.int64)
+    return float(
+        xp.mean(xp.astype(hits, xp.float64 if outputs.dtype == xp.float64 else xp.float32))
+    )
 
 
 def resolve_metrics(metrics: Sequence[str | Metric] | None, loss: Module) -> dict[str, Metric]:
@@ -38,7 +45,9 @@ def per_sample_loss(criterion: Module, value: Any, n: int) -> float:
     """The loss ``value`` a loss module returned, as a per-sample mean whatever its reduction."""
     if getattr(criterion, "reduction", "mean") == "sum":
         return float(value) / max(n, 1)
-    return float(np.mean(value))
+    if isinstance(value, np.ndarray | float | int | np.generic):
+        return float(np.mean(value))
+    return float(namespace(value).mean(value))  # a 0-d (or per-sample) array on a device
 
 
 class Averages:

@@ -30,7 +30,7 @@ class Step:
     loss_value: Any
 
     def __len__(self) -> int:
-        return len(self.outputs)
+        return int(self.outputs.shape[0])
 
 
 def train_step(
@@ -53,7 +53,7 @@ def train_step(
     optimizer.zero_grad()
     out = model(xb)
     value = criterion(out, yb)
-    loss = per_sample_loss(criterion, value, len(out))
+    loss = per_sample_loss(criterion, value, int(out.shape[0]))
     if nonfinite_loss == "raise" and not math.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}")
     grad = criterion.backward()
