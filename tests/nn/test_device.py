@@ -95,6 +95,17 @@ def test_a_model_moved_to_another_device_computes_what_the_numpy_model_does(
         np.testing.assert_allclose(_host(p.grad), p_ref.grad, rtol=1e-6, atol=1e-7)
 
 
+def test_a_numpy_model_moves_onto_another_librarys_device(reference_kernels: None) -> None:
+    reference, model = _mlp(), _mlp()
+    assert model.to(DEVICE1) is model  # straight from NumPy, as model.to(cupy_device) would
+    assert all(type(a).__module__.startswith("array_api_strict") for a in _arrays(model))
+    assert all(a.device == DEVICE1 for a in _arrays(model))
+    x = np.random.default_rng(2).normal(size=(6, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        _host(model(xs.asarray(x, device=DEVICE1))), reference(x), rtol=1e-6, atol=1e-7
+    )
+
+
 def test_to_cpu_returns_numpy_arrays_and_self() -> None:
     model = _to_strict(_mlp())
     assert model.to("cpu") is model

@@ -18,6 +18,7 @@ names the module and both devices.
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -173,6 +174,12 @@ def _namespace_mover(device: Any) -> Callable[[Any], Any]:
 
     def move(a: Any) -> Any:
         try:
+            if isinstance(a, np.ndarray) and not isinstance(device, str):
+                # from the host onto another library's device (e.g. array-api-strict's): that library's
+                # own asarray, which takes the device as the standard says
+                library = importlib.import_module(type(device).__module__.partition(".")[0])
+                if library is not np and hasattr(library, "asarray"):
+                    return library.asarray(a, device=device)
             return array_api_compat.to_device(a, device)
         except (TypeError, ValueError) as err:
             raise ValueError(f"Module.to: cannot move {_where(a)} to {device!r} ({err})") from err
