@@ -14,12 +14,10 @@ import array_api_compat
 import numpy as np
 import pytest
 
+from helpers.devices import CPU, DEVICE1, strict_copy, xs
+from helpers.devices import host_copy as _host
 from normlab import functional as F
 from normlab import kernels, nn
-
-xs = pytest.importorskip("array_api_strict", reason="array-api-strict is a test dependency")
-
-CPU, DEVICE1 = xs.Device("CPU_DEVICE"), xs.Device("device1")
 
 
 def _arrays(model: nn.Module) -> list[Any]:
@@ -36,14 +34,7 @@ def _arrays(model: nn.Module) -> list[Any]:
 def _to_strict(model: nn.Module) -> nn.Module:
     """``model`` with every array copied into array-api-strict on its default device (a fresh model is
     NumPy; this is how another array library's model starts)."""
-    for m in model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                p.data = xs.asarray(p.data, device=CPU)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = xs.asarray(b, device=CPU)
-    return model
+    return strict_copy(model, CPU)
 
 
 def _mlp() -> nn.Module:
@@ -53,10 +44,6 @@ def _mlp() -> nn.Module:
         nn.Linear(4, 3, rng=np.random.default_rng(2)),
         nn.Sigmoid(),
     )
-
-
-def _host(a: Any) -> np.ndarray:
-    return np.asarray(a.to_device(CPU)) if not isinstance(a, np.ndarray) else a
 
 
 @pytest.fixture

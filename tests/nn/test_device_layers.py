@@ -8,17 +8,15 @@ Both models run the reference kernels (the fused numba kernels take NumPy arrays
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
 
+from helpers.devices import DEVICE1, xs
+from helpers.devices import host_copy as _host
+from helpers.devices import on_device1 as _on_device1
 from normlab import functional as F
 from normlab import kernels, nn
-
-xs = pytest.importorskip("array_api_strict", reason="array-api-strict is a test dependency")
-
-CPU, DEVICE1 = xs.Device("CPU_DEVICE"), xs.Device("device1")
 
 
 @pytest.fixture(autouse=True)
@@ -26,22 +24,6 @@ def reference_kernels():
     kernels.use("reference")
     yield
     kernels.use()
-
-
-def _host(a: Any) -> np.ndarray:
-    return a if isinstance(a, np.ndarray) else np.asarray(a.to_device(CPU))
-
-
-def _on_device1(model: nn.Module) -> nn.Module:
-    """``model`` with every array copied to array-api-strict's device1."""
-    for m in model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                p.data = xs.asarray(p.data, device=DEVICE1)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = xs.asarray(b, device=DEVICE1)
-    return model
 
 
 def _randomized(model: nn.Module, seed: int) -> nn.Module:

@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 
 import normlab as nl
+from helpers.devices import CPU, DEVICE1, xs
+from helpers.devices import host_copy as _host
+from helpers.devices import on_device1 as _on_device1
 from normlab import kernels, nn, optim
 from normlab.data import DataLoader
 from normlab.train import evaluate as nl_evaluate
 from normlab.train import fit as nl_fit
 from normlab.train import predict as nl_predict
-
-xs = pytest.importorskip("array_api_strict", reason="array-api-strict is a test dependency")
-
-CPU, DEVICE1 = xs.Device("CPU_DEVICE"), xs.Device("device1")
 
 
 @pytest.fixture(autouse=True)
@@ -30,21 +29,6 @@ def reference_kernels():
     kernels.use("reference")
     yield
     kernels.use()
-
-
-def _host(a: Any) -> np.ndarray:
-    return a if isinstance(a, np.ndarray) else np.asarray(a.to_device(CPU))
-
-
-def _on_device1(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                p.data = xs.asarray(p.data, device=DEVICE1)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = xs.asarray(b, device=DEVICE1)
-    return model
 
 
 def _mlp() -> nn.Module:
