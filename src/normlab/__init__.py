@@ -29,6 +29,7 @@ from normlab.checkpoint import (
 )
 from normlab.interop import fold_batch_norm
 from normlab.nn.lifecycle import freeze_batch_norm, recalibrate_batch_norm, unfreeze_batch_norm
+from normlab.nn.out_of_memory import OutOfMemoryError
 from normlab.train import History, evaluate, fit, predict
 from normlab.version import __version__
 
@@ -40,6 +41,7 @@ __all__ = [
     "History",
     "LRSchedulerCallback",
     "ModelCheckpoint",
+    "OutOfMemoryError",
     "TerminateOnNaN",
     "__version__",
     "data",

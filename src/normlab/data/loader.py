@@ -175,13 +175,25 @@ class DataLoader:
             else:
                 batch = self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
             if self._move is not None:  # read on the host, handed over on the device
-                batch = (
-                    tuple(self._move(np.asarray(b)) for b in batch)
-                    if isinstance(batch, tuple)
-                    else self._move(batch)
-                )
+                batch = self._to_device(batch)
             yield batch
         self._epoch_start, self._position = None, 0
+
+    def _to_device(self, batch: Any) -> Any:
+        """``batch`` (an array or a tuple of arrays) moved to the loader's device; a failed allocation
+        there is an :class:`~normlab.nn.OutOfMemoryError` naming the loader and the batch."""
+        # imported here, as in _batch_mover: nn imports the loader
+        from normlab.nn.out_of_memory import annotate
+
+        assert self._move is not None
+        arrays = tuple(np.asarray(b) for b in batch) if isinstance(batch, tuple) else (batch,)
+        try:
+            moved = tuple(self._move(a) for a in arrays)
+        except MemoryError as err:
+            where = f"DataLoader(batch_size={self.batch_size}, device={self.device!r})"
+            device = self.device if isinstance(self.device, str) else str(self.device)
+            raise annotate(err, where, "the batch's move", arrays, device=device) from err
+        return moved if isinstance(batch, tuple) else moved[0]
 
     def _config(self) -> dict[str, Any]:
         return {

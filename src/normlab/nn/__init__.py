@@ -36,6 +36,7 @@ from normlab.nn.norm import (
     momentum_from_keras,
     momentum_to_keras,
 )
+from normlab.nn.out_of_memory import OutOfMemoryError
 from normlab.nn.registry import build_module, module_spec, register_module, registered_modules
 from normlab.nn.variants import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, WSConv2d
 
@@ -81,6 +82,7 @@ __all__ = [
     "MSELoss",
     "MaxPool2d",
     "Module",
+    "OutOfMemoryError",
     "Parameter",
     "RMSNorm",
     "ReLU",

@@ -36,6 +36,7 @@ from normlab.backend import (
     namespace,
     to_host,
 )
+from normlab.nn.out_of_memory import annotate, reports_out_of_memory
 
 
 def _is_array(value: Any) -> bool:
@@ -187,6 +188,18 @@ def _namespace_mover(device: Any) -> Callable[[Any], Any]:
     return move
 
 
+def _moved(move: Callable[[Any], Any], a: Any, target: Any, key: str) -> Any:
+    """``move(a)``, with a failed allocation reported as an :class:`OutOfMemoryError` naming ``key``."""
+    try:
+        return move(a)
+    except MemoryError as err:
+        where = f"Module.to({target!r}) moving '{key}'"
+        device = target if isinstance(target, str) else str(target)
+        if device == "cuda":
+            device = "cuda:0"
+        raise annotate(err, where, "the move", (a,), device=device) from err
+
+
 class IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
@@ -213,6 +226,14 @@ class Module:
     training: bool
     # whether backward must return dL/d(input); see requires_input_grad_ (a class default, set per instance)
     requires_input_grad: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every forward and backward reports a failed allocation as an OutOfMemoryError naming the layer
+        super().__init_subclass__(**kwargs)
+        for phase in ("forward", "backward"):
+            method = cls.__dict__.get(phase)
+            if callable(method) and not getattr(method, "_reports_out_of_memory", False):
+                setattr(cls, phase, reports_out_of_memory(method, phase))
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -431,15 +452,17 @@ class Module:
         moved: list[
             tuple[Any, str, Any]
         ] = []  # all arrays first: a failure leaves everything in place
-        for m in self.modules():
-            for p in m._parameters.values():
+        for prefix, m in self.named_modules():
+            key = f"{prefix}." if prefix else ""
+            for name, p in m._parameters.items():
                 if p is not None:
-                    moved.append((p, "data", move(p.data)))
+                    moved.append((p, "data", _moved(move, p.data, target, key + name)))
                     if p.grad is not None:
-                        moved.append((p, "grad", move(p.grad)))
+                        grad = _moved(move, p.grad, target, key + name + ".grad")
+                        moved.append((p, "grad", grad))
             for name, b in m._buffers.items():
                 if b is not None:
-                    moved.append((m._buffers, name, move(b)))
+                    moved.append((m._buffers, name, _moved(move, b, target, key + name)))
         for holder, key, value in moved:
             if isinstance(holder, dict):
                 holder[key] = value

@@ -21,6 +21,7 @@ import numpy as np
 
 from normlab.backend import copy_array, like, namespace, to_host
 from normlab.nn.module import Module, Parameter, _is_array
+from normlab.nn.out_of_memory import annotate
 
 
 class OptimizerStateError(ValueError):
@@ -94,15 +95,19 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
-        for group in self.param_groups:
-            for p in group["params"]:
+        for g, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
                 if p.grad is None or not p.requires_grad:
                     continue
-                if isinstance(p.grad, np.ndarray):
-                    grad = p.grad.astype(p.data.dtype, copy=False)
-                else:  # an array of another namespace (on a device): the standard's astype
-                    grad = namespace(p.grad).astype(p.grad, p.data.dtype, copy=False)
-                self._update(p, grad, self.state.setdefault(p, {}), group)
+                try:
+                    if isinstance(p.grad, np.ndarray):
+                        grad = p.grad.astype(p.data.dtype, copy=False)
+                    else:  # an array of another namespace (on a device): the standard's astype
+                        grad = namespace(p.grad).astype(p.grad, p.data.dtype, copy=False)
+                    self._update(p, grad, self.state.setdefault(p, {}), group)
+                except MemoryError as err:
+                    where = f"{type(self).__name__}.step, parameter {i} of group {g}"
+                    raise annotate(err, where, "the update", (p.data,)) from err
 
     def _update(
         self, p: Parameter, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]

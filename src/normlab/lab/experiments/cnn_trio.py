@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from normlab import nn, optim
+from normlab.backend import device_of, namespace
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import (
@@ -156,13 +157,17 @@ class PadBottomRight(nn.CachedLayer):
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = np.pad(np.asarray(x), ((0, 0), (0, 0), (0, 1), (0, 1)))
+        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+        xp = namespace(x)  # written with the Array API: the model also trains on a device
+        n, c, h, w = x.shape
+        y = xp.zeros((n, c, h + 1, w + 1), dtype=x.dtype, device=device_of(x))
+        y[:, :, :h, :w] = x
         self._keep(True, y)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         dy, _ = self._take_cache(grad_output)
-        return np.ascontiguousarray(dy[:, :, :-1, :-1])
+        return namespace(dy).asarray(dy[:, :, :-1, :-1], copy=True)
 
 
 def build_model(
