@@ -211,6 +211,44 @@ def fit_matches() -> None:
     check("fit-logged-accuracy", history["accuracy"], ref_history["accuracy"], TOL_PARAMS)
 
 
+def fit_on_device_matches() -> None:
+    """Data parallelism with the model on a second device (array-api-strict's ``device1``, which refuses
+    NumPy conversions: the stand-in for a GPU): SyncBatchNorm's statistics, the gradient all-reduce and the
+    state broadcast go through the host.  The result equals the same ranks on NumPy and the one-process run."""
+    import array_api_strict as xs
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(21, 5))
+    y = rng.integers(0, 3, size=21)
+    device1, host = xs.Device("device1"), xs.Device("CPU_DEVICE")
+
+    def run(device: object = None) -> tuple[np.ndarray, object]:
+        model = nn.convert_sync_batchnorm(mlp(2))
+        if device is not None:
+            model.to(device)
+        opt = optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3)
+        history = fit(model, x, y, optimizer=opt, epochs=2, batch_size=7, seed=6, verbose=0)
+        if device is not None:
+            assert all(p.data.device == device for p in model.parameters())
+        state = [
+            v if isinstance(v, np.ndarray) else np.asarray(v.to_device(host))
+            for v in model.state_dict().values()
+        ]
+        return np.concatenate([np.asarray(v, np.float64).ravel() for v in state]), history
+
+    on_device, history = run(device1)
+    on_numpy, numpy_history = run()
+    old = set_world(SingleProcess())
+    try:
+        one_process, one_history = run()
+    finally:
+        set_world(old)
+    check("device-fit-vs-numpy-ranks", on_device, on_numpy, 1e-13)
+    check("device-fit-vs-one-process", on_device, one_process, TOL_PARAMS)
+    check("device-fit-logged-loss", history["loss"], one_history["loss"], TOL_PARAMS)
+    check("device-fit-logged-loss-vs-numpy-ranks", history["loss"], numpy_history["loss"], 1e-13)
+
+
 def sharded_loader() -> None:
     n = 23
     x = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
@@ -242,6 +280,7 @@ def equivalence() -> None:
     training_matches(mlp, (5,), "mlp")
     training_matches(cnn, (1, 6, 6), "cnn")
     fit_matches()
+    fit_on_device_matches()
     sharded_loader()
     report(f"DONE rank {RANK}")
 

@@ -90,6 +90,12 @@ EXPECTED_CHECKS = (
         )
     ]
     + ["fit-unequal-chunks-params", "fit-logged-loss", "fit-logged-accuracy", "sharded-loader"]
+    + [
+        "device-fit-vs-numpy-ranks",
+        "device-fit-vs-one-process",
+        "device-fit-logged-loss",
+        "device-fit-logged-loss-vs-numpy-ranks",
+    ]
 )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from normlab.backend import host_dtype, like, to_host
 from normlab.distributed.world import ConsistentError, World, get_world, sum_in_rank_order
 
 if TYPE_CHECKING:
@@ -26,9 +27,11 @@ DEFAULT_BUCKET_BYTES = 1 << 20
 
 
 def _signature(model: Module) -> list[str]:
-    entries = [f"param {n} {p.data.shape} {p.data.dtype}" for n, p in model.named_parameters()]
+    entries = [
+        f"param {n} {tuple(p.data.shape)} {host_dtype(p.data)}" for n, p in model.named_parameters()
+    ]
     entries += [
-        f"buffer {n} {np.shape(b)} {np.asarray(b).dtype}"
+        f"buffer {n} {tuple(b.shape)} {host_dtype(b)}"
         for n, b in model.named_buffers()
         if b is not None
     ]
@@ -66,16 +69,17 @@ def broadcast_state(model: Module, world: World | None = None) -> None:
     world = get_world() if world is None else world
     if world.size == 1:
         return
+    # values travel as float64 through the host and come back in each array's dtype, on its device
     for name, p in model.named_parameters():
-        p.data = world.broadcast(p.data, f"broadcast {name}").astype(p.data.dtype)
+        value = world.broadcast(p.data, f"broadcast {name}")
+        p.data = like(value.astype(host_dtype(p.data)), p.data)
     for module_name, module in model.named_modules():
         for name, buf in list(module._buffers.items()):
             if buf is None:
                 continue
             value = world.broadcast(buf, f"broadcast {module_name}.{name}")
-            setattr(
-                module, name, np.asarray(value).astype(np.asarray(buf).dtype).reshape(np.shape(buf))
-            )
+            value = np.asarray(value).astype(host_dtype(buf)).reshape(tuple(buf.shape))
+            setattr(module, name, like(value, buf))
 
 
 def _buckets(params: list[Parameter], bucket_bytes: int) -> list[list[Parameter]]:
@@ -117,7 +121,9 @@ def average_gradients(
     for bucket in _buckets(params, bucket_bytes):
         flat = np.concatenate(
             [
-                np.zeros(p.data.size) if p.grad is None else p.grad.reshape(-1).astype(np.float64)
+                np.zeros(p.data.size)
+                if p.grad is None
+                else to_host(p.grad).reshape(-1).astype(np.float64)
                 for p in bucket
             ]
         )
@@ -127,6 +133,7 @@ def average_gradients(
         offset = 0
         for p in bucket:
             n = p.data.size
-            p.grad = mean[offset : offset + n].reshape(p.data.shape).astype(p.data.dtype)
+            grad = mean[offset : offset + n].reshape(tuple(p.data.shape))
+            p.grad = like(grad.astype(host_dtype(p.data)), p.data)
             offset += n
     return calls

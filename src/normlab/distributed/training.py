@@ -51,7 +51,8 @@ class FitSync:
             factor = float(self.world.size)
         else:
             factor = self.world.size * self.batches.local_count / self.batches.global_count
-        return grad if factor == 1.0 else grad * np.asarray(factor, dtype=grad.dtype)
+        # a Python float takes the gradient's dtype (NumPy 2 and the Array API alike), on its device
+        return grad if factor == 1.0 else grad * factor
 
     def average_gradients(self) -> None:
         average_gradients(self.model.parameters(), self.world)

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from normlab.backend import to_host
+
 DEFAULT_TIMEOUT_S = 300.0
 _LAUNCH_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -95,7 +97,8 @@ class World:
         collectives in the same order with the same lengths; a mismatch raises :class:`CollectiveMismatch`
         on every rank.
         """
-        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        # arrays on a device travel through the host: only statistics and gradients cross, never batches
+        flat = np.asarray(to_host(values), dtype=np.float64).reshape(-1)
         payload = np.empty(flat.size + 1, dtype=np.float64)
         payload[0] = _checksum(what, flat.size)
         payload[1:] = flat

@@ -26,11 +26,13 @@ is ``BatchNorm`` and runs its code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from normlab.backend import like, namespace, to_host
 from normlab.distributed.world import ConsistentError, World, get_world
 from normlab.functional.norm import NormCache, NormGrads, batch_norm_forward
 from normlab.nn.module import Module
@@ -112,14 +114,18 @@ class SyncBatchNorm(_BatchNorm):
         return self._sync_forward(x, world)
 
     def _sync_forward(self, x: np.ndarray, world: World) -> np.ndarray:
+        # local moments on the input's device (its namespace); only the (2C + 1) numbers cross to the
+        # host for the collective, and the global mean and variance come back to the device
+        xp = namespace(x)
         c = self.num_features
         axes = (0, *range(2, x.ndim))
-        local_count = x.size // c
-        x64 = x.astype(np.float64)
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        local_count = math.prod(x.shape) // c
         if local_count:
-            local_mean = x64.mean(axis=axes)
-            shape = (1, c) + (1,) * (x.ndim - 2)
-            local_m2 = np.square(x64 - local_mean.reshape(shape)).sum(axis=axes)
+            x64 = xp.astype(x, xp.float64)
+            local_mean = xp.mean(x64, axis=axes)
+            local_m2 = to_host(xp.sum(xp.square(x64 - xp.reshape(local_mean, shape)), axis=axes))
+            local_mean = to_host(local_mean)
         else:  # this rank holds no sample of this batch: it still takes part in the collective
             local_mean = local_m2 = np.zeros(c)
         rows = world.allgather(
@@ -130,39 +136,48 @@ class SyncBatchNorm(_BatchNorm):
         if count < 2:  # the same count on every rank: every rank raises the same error
             raise ConsistentError(
                 f"{self._label()}: expected more than 1 value per channel over all {world.size} ranks when "
-                f"using batch statistics (training), got {int(count)} (this rank's input shape {x.shape})"
+                f"using batch statistics (training), got {int(count)} (this rank's input shape "
+                f"{tuple(x.shape)})"
             )
         var = m2 / count
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, self._store_variance(var, int(count)))
+            self._update_running_stats(
+                like(mean, x), like(self._store_variance(var, int(count)), x)
+            )
         y, norm_cache = batch_norm_forward(
-            x, self._w(), self._b(), mean, var, training=False, eps=self.eps
+            x, self._w(), self._b(), like(mean, x), like(var, x), training=False, eps=self.eps
         )
-        self._keep(SyncCache(norm_cache, count, x.shape), self._make_backward(world))
+        self._keep(SyncCache(norm_cache, count, tuple(x.shape)), self._make_backward(world))
         return y
 
     def _make_backward(self, world: World) -> Any:
         def backward(dy: np.ndarray, cache: SyncCache) -> NormGrads:
+            xp = namespace(dy)
             norm = cache.norm
             c = self.num_features
             axes = (0, *range(2, dy.ndim))
             shape = (1, c) + (1,) * (dy.ndim - 2)
-            xhat = norm.xhat.reshape(cache.input_shape)
-            dy64 = dy.astype(np.float64)
-            local = np.concatenate(
-                [dy64.sum(axis=axes), (dy64 * xhat.astype(np.float64)).sum(axis=axes)]
-            )
+            xhat = xp.reshape(norm.xhat, cache.input_shape)
+            dy64 = xp.astype(dy, xp.float64)
+            sum_dy = xp.sum(dy64, axis=axes)
+            sum_dy_xhat = xp.sum(dy64 * xp.astype(xhat, xp.float64), axis=axes)
+            local = np.concatenate([to_host(sum_dy), to_host(sum_dy_xhat)])
             total = world.sum(local, f"{self._label()} backward sums")
-            mean_dy = (total[:c] / cache.count).reshape(shape)
-            mean_dy_xhat = (total[c:] / cache.count).reshape(shape)
+            mean_dy = like((total[:c] / cache.count).reshape(shape), dy)
+            mean_dy_xhat = like((total[c:] / cache.count).reshape(shape), dy)
             ct = norm.xhat.dtype
-            g = dy.astype(ct, copy=False) - mean_dy.astype(ct) - xhat * mean_dy_xhat.astype(ct)
+            g = (
+                xp.astype(dy, ct, copy=False)
+                - xp.astype(mean_dy, ct)
+                - xhat * xp.astype(mean_dy_xhat, ct)
+            )
             if norm.weight is not None:
                 g = g * norm.weight
-            dx = (g * norm.rstd.reshape(shape)).astype(norm.input_dtype, copy=False)
-            param_dtype = None if self.weight is None else self.weight.data.dtype
-            dweight = None if self.weight is None else local[c:].astype(param_dtype)
-            dbias = None if self.bias is None else local[:c].astype(self.bias.data.dtype)
+            dx = xp.astype(g * xp.reshape(norm.rstd, shape), norm.input_dtype, copy=False)
+            dweight = (
+                None if self.weight is None else xp.astype(sum_dy_xhat, self.weight.data.dtype)
+            )
+            dbias = None if self.bias is None else xp.astype(sum_dy, self.bias.data.dtype)
             return NormGrads(dx, dweight, dbias)
 
         return backward
