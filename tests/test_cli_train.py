@@ -139,3 +139,42 @@ def test_parse_config_defaults() -> None:
     assert cfg.flat_input and cfg.optimizer["name"] == "Adam"
     with pytest.raises(ConfigError, match=r"data\.dataset: iris has 4 features"):
         parse_config({"model": {"layers": [{"class": "Flatten"}]}, "data": {"dataset": "iris"}})
+
+
+def _cupy_here() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cupy") is not None
+
+
+@pytest.mark.skipif(_cupy_here(), reason="CuPy is installed here: --device cuda may work")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_device_cuda_without_cupy_exits_1_before_writing(tmp_path: Path, capsys, device) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(_config(tmp_path)), "--out", str(out), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert f"--device {device}: Module.to('{device}')" in err and "normlab[gpu]" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # refused before the run directory was made
+    _train(_config(tmp_path, epochs=1), tmp_path / "cpu-run", capsys=capsys)
+    model = tmp_path / "cpu-run" / "model.safetensors"
+    assert main(["eval", str(model), "--device", device]) == 1
+    assert "normlab[gpu]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:0:1", "CPU"])
+def test_a_malformed_device_is_a_usage_error(tmp_path: Path, capsys, device) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(_config(tmp_path)), "--device", device])
+    assert info.value.code == 2
+    assert f"expected cpu, cuda or cuda:N, got {device!r}" in capsys.readouterr().err
+
+
+def test_device_cpu_is_the_default_and_trains_as_without_it(tmp_path: Path, capsys) -> None:
+    config = _config(tmp_path, epochs=1)
+    plain = _train(config, tmp_path / "a", capsys=capsys)
+    explicit = _train(config, tmp_path / "b", "--device", "cpu", capsys=capsys)
+    assert plain["test"] == explicit["test"]
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)

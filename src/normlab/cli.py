@@ -207,6 +207,24 @@ def _cmd_lab_run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- train, eval
+def _rank_device(device: str, world: Any) -> str:
+    """The device of this rank: ``cuda`` under mpiexec is one GPU per process of a node (MPICH's local
+    rank), as torchrun's LOCAL_RANK; ``cpu`` and ``cuda:N`` are taken as given."""
+    if device != "cuda" or world.size == 1:
+        return device
+    return f"cuda:{int(os.environ.get('MPI_LOCALRANKID', world.rank))}"
+
+
+def _to_device(model: Any, device: str) -> None:
+    """``model.to(device)`` before any file is written; a device that is not here exits 1 saying why."""
+    if device == "cpu":
+        return
+    try:
+        model.to(device)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--device {device}: {e}") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.procs is not None or args.hostfile:
         from normlab.distributed import DistributedError
@@ -233,6 +251,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = build_model(cfg, data.n_inputs, data.n_classes)
     if world.size > 1:
         model = convert_sync_batchnorm(model)
+    _to_device(model, _rank_device(args.device, world))
     optimizer = build_optimizer(cfg, model)
     initial_epoch = 0
     if args.resume:
@@ -294,6 +313,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     path = _existing(args.checkpoint)
     model = nl.load(path)
+    _to_device(model, args.device)
     config_file = path.parent / "config.json"
     if config_file.is_file():  # written by `normlab train` next to its checkpoints
         cfg = load_config(config_file)
@@ -494,6 +514,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+def _device_arg(text: str) -> str:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N`` (checked for presence later, when the model moves)."""
+    kind, colon, index = text.partition(":")
+    if text == "cpu" or (kind == "cuda" and (not colon or index.isdigit())):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+DEVICE_OPTION: dict[str, Any] = {
+    "type": _device_arg,
+    "default": "cpu",
+    "metavar": "DEVICE",
+    "help": "cpu (NumPy, the default), cuda or cuda:N (CuPy arrays on that GPU; pip install "
+    "'normlab[gpu]'); with --procs, cuda gives each process of a node its own GPU",
+}
+
 PROCS_HELP = """\
 Several processes (--procs K):
   normlab train CONFIG --procs K runs `mpiexec -n K python -m normlab train CONFIG --out DIR`
@@ -577,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--json", action="store_true", help="print the results as JSON (no progress bar)"
     )
+    train.add_argument("--device", **DEVICE_OPTION)
     train.add_argument(
         "--procs",
         type=int,
@@ -602,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--data", choices=["sample", "full"], help="MNIST sample (default) or full"
     )
+    evaluate.add_argument("--device", **DEVICE_OPTION)
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(func=_cmd_eval)
 

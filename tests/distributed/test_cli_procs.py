@@ -90,3 +90,28 @@ def test_procs_2_trains_like_one_process(tmp_path: Path, capsys, monkeypatch) ->
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+
+
+def test_device_goes_to_every_rank_and_cuda_is_one_gpu_per_local_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normlab.cli import _rank_device
+
+    args = argparse.Namespace(
+        procs=2, hostfile=None, config="c.toml", resume=None, json=False, device="cuda"
+    )
+    assert train_command(args, "mpiexec", tmp_path)[-2:] == ["--device", "cuda"]
+    cpu = argparse.Namespace(**{**vars(args), "device": "cpu"})
+    assert "--device" not in train_command(cpu, "mpiexec", tmp_path)
+
+    class Rank:
+        def __init__(self, rank: int, size: int) -> None:
+            self.rank, self.size = rank, size
+
+    monkeypatch.delenv("MPI_LOCALRANKID", raising=False)
+    assert _rank_device("cuda", Rank(0, 1)) == "cuda"
+    assert _rank_device("cuda", Rank(3, 4)) == "cuda:3"
+    assert _rank_device("cuda:1", Rank(3, 4)) == "cuda:1"  # an explicit GPU is kept
+    assert _rank_device("cpu", Rank(3, 4)) == "cpu"
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")  # MPICH: rank 5 is the second process of its node
+    assert _rank_device("cuda", Rank(5, 8)) == "cuda:1"

@@ -53,6 +53,8 @@ def train_command(args: argparse.Namespace, mpiexec: str, out: Path) -> list[str
         cmd += ["--resume", str(args.resume)]
     if args.json:
         cmd.append("--json")
+    if getattr(args, "device", "cpu") != "cpu":
+        cmd += ["--device", str(args.device)]
     return cmd
 
 
