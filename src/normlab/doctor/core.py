@@ -10,6 +10,7 @@ import numpy as np
 from normlab.doctor.data import COST_MARGIN, DataExamination, as_batches, uses_batch_statistics
 from normlab.doctor.report import DoctorError, Finding, Report
 from normlab.doctor.static import STATIC_CHECKS, normalization_layers, training_mode
+from normlab.nn.host import host_copy
 from normlab.nn.module import Module
 
 DEFAULT_BATCH_SIZE = 64  # an array given as data is cut into batches of this size
@@ -73,6 +74,9 @@ def examine(
     if labels is not None and batches is None:
         raise DoctorError("doctor: labels were given without batches")
     data = None if batches is None else as_batches(batches, labels, batch_size)
+    model = host_copy(
+        model
+    )  # a model on a device is examined as a NumPy copy (itself when it is NumPy)
     snapshot = _Snapshot(model)
     try:
         return _run_checks(model, data, inference, stale)

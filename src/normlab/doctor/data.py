@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
-from normlab.backend import no_grad
+from normlab.backend import no_grad, to_host
 from normlab.doctor.report import DoctorError, Finding
 from normlab.doctor.static import tracked_layers
 from normlab.nn.lifecycle import recalibrate_batch_norm
@@ -57,6 +58,8 @@ class Batches:
 def as_batches(batches: Any, labels: Any, batch_size: int) -> Batches:
     """Accept an array ``x`` (cut into batches of ``batch_size``), or an iterable of arrays or ``(x, y)``
     pairs; ``labels`` for all samples in order, else the pairs' ``y``.  Validates before anything runs."""
+    if array_api_compat.is_array_api_obj(batches) and not isinstance(batches, np.generic):
+        batches = to_host(batches)  # one array on a device: cut on the host
     if isinstance(batches, np.ndarray):
         if batches.ndim < 2:
             raise DoctorError(
@@ -80,7 +83,7 @@ def as_batches(batches: Any, labels: Any, batch_size: int) -> Batches:
             if isinstance(item, (tuple, list))
             else (item, None)
         )
-        x = np.asarray(x)
+        x = to_host(x)  # batches on a device are examined on the host, as the model's copy is
         if x.ndim < 2 or len(x) == 0:
             raise DoctorError(
                 f"doctor: batch {i} must be a non-empty array (N, ...), got shape {x.shape}"
@@ -88,13 +91,13 @@ def as_batches(batches: Any, labels: Any, batch_size: int) -> Batches:
         if not np.issubdtype(x.dtype, np.floating):
             raise DoctorError(f"doctor: batch {i} must hold floats, got dtype {x.dtype}")
         inputs.append(x)
-        pair_labels.append(None if y is None else np.asarray(y))
+        pair_labels.append(None if y is None else to_host(y))
     if not inputs:
         raise DoctorError("doctor: no batches were given")
     if labels is None and all(y is not None for y in pair_labels):
         labels = np.concatenate([y.reshape(-1) for y in pair_labels])
     if labels is not None:
-        labels = np.asarray(labels)
+        labels = to_host(labels)
         n = sum(len(x) for x in inputs)
         if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
             raise DoctorError(

@@ -47,6 +47,7 @@ import numpy as np
 from normlab import nn
 from normlab.interop.errors import InteropError, UnsupportedLayerError
 from normlab.interop.walk import chain, layer_name
+from normlab.nn.host import device_target, host_copy
 from normlab.nn.norm import _Normalization
 from normlab.nn.registry import register_module
 
@@ -126,6 +127,8 @@ def fold_batch_norm_report(model: nn.Module) -> FoldResult:
     """:func:`fold_batch_norm`, also saying which batch norm layers were folded and which kept, and why."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"fold_batch_norm: expected a normlab Module, got {type(model).__name__}")
+    # a model on a device folds as a NumPy copy; the folded model is then moved to where the model lives
+    device, model = device_target(model), host_copy(model)
     _check_foldable(model)
     links = chain(model)
     result_layers: list[tuple[str, nn.Module]] = []
@@ -161,7 +164,10 @@ def fold_batch_norm_report(model: nn.Module) -> FoldResult:
         result_layers.append((path, _eval_copy(layer)))
         kept.append(f"{layer_name(path, layer)}: {reason}")
         i += 1
-    return FoldResult(FoldedSequential(*(m for _, m in result_layers)), folded, kept)
+    result = FoldedSequential(*(m for _, m in result_layers))
+    if device != "cpu":
+        result.to(device)
+    return FoldResult(result, folded, kept)
 
 
 # --------------------------------------------------------------------------------------- checks

@@ -49,6 +49,7 @@ from normlab.interop.errors import InteropError, UnsupportedLayerError
 from normlab.interop.files import atomic_write, check_output_path
 from normlab.interop.fold import fold_batch_norm_report
 from normlab.interop.walk import chain, layer_name
+from normlab.nn.host import host_copy
 
 SUPPORTED_OPSETS = range(13, 24)
 DEFAULT_OPSET = 17
@@ -120,7 +121,9 @@ def to_onnx(
         )
     target = check_output_path(path, force, "to_onnx")
     onnx = _onnx()
-    work = copy.deepcopy(model).eval()
+    # a model on a device is exported from a NumPy copy (the graph's initializers are host data anyway)
+    host = host_copy(model)
+    work = (host if host is not model else copy.deepcopy(model)).eval()
     folded: list[str] = []
     if fold:
         result = fold_batch_norm_report(work)

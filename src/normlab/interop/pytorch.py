@@ -31,6 +31,7 @@ from normlab import nn
 from normlab.interop.errors import UnsupportedLayerError
 from normlab.interop.fold import FoldedSequential
 from normlab.interop.walk import layer_name
+from normlab.nn.host import host_copy
 
 _NORMS_WITH_STATS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 _INSTANCE_NORMS = ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
@@ -81,6 +82,9 @@ def to_torch(model: nn.Module) -> Any:
     torch = _torch()
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_torch: expected a normlab Module, got {type(model).__name__}")
+    model = host_copy(
+        model
+    )  # a model on a device is read through a NumPy copy; the result is on the CPU
     for path, module in model.named_modules():  # every layer checked before anything is built
         _check_to_torch(path, module)
     dtype = _dtype(model)
