@@ -88,17 +88,24 @@ def _run_lab(
     out: str | None,
     as_json: bool,
     title: str,
+    device: str = "cpu",
 ) -> int:
     from normlab.lab import REGISTRY, UnknownExperimentError, resolve_names, run_experiments
-    from normlab.lab.base import check_data
+    from normlab.lab.base import check_data, check_device
     from normlab.lab.runner import default_out_dir
+    from normlab.nn import check_device as device_here
 
     try:
         names = resolve_names(names)
         for name in names:
             check_data(REGISTRY[name], data)
+            check_device(REGISTRY[name], device)
     except (UnknownExperimentError, ValueError) as e:
         raise CLIError(str(e), EXIT_USAGE) from None
+    try:
+        device_here(device)  # CUDA asked for where there is none: nothing is written
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--device {device}: {e}") from None
     out_dir = Path(out) if out else default_out_dir()
     update, status = _progress()
     lines = _experiment_lines(as_json)
@@ -109,6 +116,7 @@ def _run_lab(
             mode=mode,
             seed=seed,
             data=data,
+            device=device,
             progress=update,
             title=title,
             on_start=None if lines is None else lines.start,
@@ -178,7 +186,16 @@ def _cmd_lab_list(args: argparse.Namespace) -> int:
 
     if args.json:
         _print_json(
-            [{"name": e.name, "claim": e.claim, "source": e.source} for e in REGISTRY.values()]
+            [
+                {
+                    "name": e.name,
+                    "claim": e.claim,
+                    "source": e.source,
+                    "data": list(e.data),
+                    "on_device": e.on_device,
+                }
+                for e in REGISTRY.values()
+            ]
         )
         return EXIT_OK
     from rich.table import Table
@@ -203,6 +220,7 @@ def _cmd_lab_run(args: argparse.Namespace) -> int:
         out=args.out,
         as_json=args.json,
         title="normlab lab report",
+        device=args.device,
     )
 
 
@@ -593,6 +611,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNIST: the bundled sample (default) or the full set (after `normlab data download mnist`); "
         "cifar10 / fashion-mnist (after `normlab data download NAME`) for the experiments that train on "
         "images: cnn-trio, batch-size, lenet-bn",
+    )
+    lab_run.add_argument(
+        "--device",
+        **(
+            DEVICE_OPTION
+            | {
+                "help": "cpu (the default), cuda or cuda:N: where the experiments that can (lenet-bn, "
+                "cnn-trio, bn-vs-plain, batch-size) train; pip install 'normlab[gpu]'"
+            }
+        ),
     )
     lab_run.add_argument("--json", action="store_true", help="print the results as JSON")
     lab_run.set_defaults(func=_cmd_lab_run)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from normlab.nn import Module
+
 MODES = ("tiny", "quick", "full")
 # what ``--data`` may name: MNIST (the bundled sample or the full download) for every experiment; the two
 # downloaded color/clothing sets for the experiments that train on images (``Experiment.data``)
@@ -63,6 +65,9 @@ class Experiment:
     configs: Mapping[str, Mapping[str, Any]]  # mode -> hyperparameters
     run: Callable[[RunContext], Result]
     data: tuple[str, ...] = MNIST_DATA  # the data sources it runs on (see DATA_SOURCES)
+    on_device: bool = (
+        False  # whether its models can train on a device (``normlab lab run --device``)
+    )
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -75,9 +80,11 @@ def register(
     source: str,
     configs: Mapping[str, Mapping[str, Any]],
     data: Sequence[str] = MNIST_DATA,
+    on_device: bool = False,
 ) -> Callable[[Callable[[RunContext], Result]], Callable[[RunContext], Result]]:
     """Decorator: register ``run`` as the experiment ``name`` with a config per mode and the data sources it
-    runs on."""
+    runs on; ``on_device`` if it trains its models where ``RunContext.place`` puts them and reads their
+    outputs through the host (then ``normlab lab run --device cuda`` runs it on a GPU)."""
     missing = [m for m in MODES if m not in configs]
     if missing:
         raise ValueError(f"experiment {name!r} has no config for mode(s) {missing}")
@@ -88,7 +95,7 @@ def register(
     def decorate(run: Callable[[RunContext], Result]) -> Callable[[RunContext], Result]:
         if name in REGISTRY:
             raise ValueError(f"experiment {name!r} is registered twice")
-        REGISTRY[name] = Experiment(name, claim, source, configs, run, tuple(data))
+        REGISTRY[name] = Experiment(name, claim, source, configs, run, tuple(data), on_device)
         return run
 
     return decorate
@@ -101,6 +108,20 @@ def check_data(experiment: Experiment, data: str) -> None:
         raise ValueError(
             f"lab {experiment.name}: data must be one of {runs_on}, got {data!r}"
             + ("" if data in DATA_SOURCES else f" (known data sources: {', '.join(DATA_SOURCES)})")
+        )
+
+
+def check_device(experiment: Experiment, device: Any) -> None:
+    """Refuse a device other than the CPU for an experiment that does not train on one, naming those that
+    do."""
+    if isinstance(device, str) and device == "cpu":
+        return
+    if not experiment.on_device:
+        able = ", ".join(e.name for e in REGISTRY.values() if e.on_device)
+        raise ValueError(
+            f"lab {experiment.name}: runs on the CPU only (its measurements read the network's "
+            f"activations as NumPy arrays), got device {device!r}; these experiments run on a device: "
+            f"{able}"
         )
 
 
@@ -141,16 +162,19 @@ class RunContext:
         seed: int = 0,
         data: str = "sample",
         progress: Callable[[str], None] | None = None,
+        device: Any = "cpu",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         check_data(experiment, data)
+        check_device(experiment, device)
         self.experiment = experiment
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.mode = mode
         self.seed = seed
         self.data = data
+        self.device = device
         self.config: dict[str, Any] = dict(experiment.configs[mode])
         self._progress = progress
         self.started = time.perf_counter()
@@ -158,6 +182,14 @@ class RunContext:
     def rng(self, offset: int = 0) -> np.random.Generator:
         """A generator derived from the run's seed; ``offset`` separates independent streams."""
         return np.random.default_rng([self.seed, offset])
+
+    def place(self, model: Module) -> Module:
+        """``model`` moved to the run's device (``"cpu"``: left as it is); returns it."""
+        return model if self.on_cpu else model.to(self.device)
+
+    @property
+    def on_cpu(self) -> bool:
+        return isinstance(self.device, str) and self.device == "cpu"
 
     def log(self, message: str) -> None:
         if self._progress is not None:
@@ -169,6 +201,7 @@ class RunContext:
             "mode": self.mode,
             "seed": self.seed,
             "data": self.data,
+            **({} if self.on_cpu else {"device": str(self.device)}),
             "hyperparameters": self.config,
         } | dict(extra or {})
         path = self.out_dir / "config.json"

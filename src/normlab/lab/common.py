@@ -13,11 +13,13 @@ import numpy as np
 
 import normlab as nl
 from normlab import nn
+from normlab.backend import to_host
 from normlab.callbacks import FitRun
 from normlab.config import ACTIVATIONS, mlp  # noqa: F401  (re-exported: the one MLP builder)
 from normlab.data import DataLoader, Labeled, flatten, load_mnist, scale_01
 from normlab.lab.base import RunContext
 from normlab.optim import Optimizer
+from normlab.train.batches import on_device
 
 
 @dataclass
@@ -175,19 +177,23 @@ class Measure(nl.Callback):
 
 
 def correct_predictions(outputs: np.ndarray, targets: np.ndarray) -> int:
-    """How many rows of ``outputs`` (N, classes) have their largest value at the class ``targets`` (N,)."""
-    return int(np.sum(np.argmax(outputs, axis=1) == targets))
+    """How many rows of ``outputs`` (N, classes) have their largest value at the class ``targets`` (N,)
+    (arrays on a device are read through the host)."""
+    return int(np.sum(np.argmax(to_host(outputs), axis=1) == to_host(targets)))
 
 
 def model_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
     """Classification accuracy of ``model`` on inputs ``x`` and classes ``y``, in eval mode, in batches of
-    ``batch_size`` (the model's mode is restored afterwards)."""
+    ``batch_size`` (the model's mode is restored afterwards; a model on a device gets the batches there)."""
     was_training = model.training
+    where = next((p.data for p in model.parameters()), None)
     model.eval()
     try:
         with nl.no_grad():
             correct = sum(
-                correct_predictions(model(x[i : i + batch_size]), y[i : i + batch_size])
+                correct_predictions(
+                    model(on_device(x[i : i + batch_size], where)), y[i : i + batch_size]
+                )
                 for i in range(0, len(y), batch_size)
             )
     finally:

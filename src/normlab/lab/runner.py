@@ -19,8 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from normlab import kernels
-from normlab.lab.base import REGISTRY, Result, RunContext, check_data, write_json
+from normlab import kernels, nn
+from normlab.lab.base import (
+    REGISTRY,
+    Result,
+    RunContext,
+    check_data,
+    check_device,
+    write_json,
+)
 from normlab.lab.report import report_html, section_html, summary_paragraph
 from normlab.system import machine_description
 
@@ -74,6 +81,7 @@ def run_experiments(
     mode: str = "quick",
     seed: int = 0,
     data: str = "sample",
+    device: Any = "cpu",
     progress: Callable[[str], None] | None = None,
     title: str = "normlab lab report",
     on_start: Callable[[str, int, int], None] | None = None,
@@ -82,13 +90,20 @@ def run_experiments(
     """Run the named experiments (or ``["all"]``) and write their artefacts and the report under
     ``out_dir``.  Returns what ran, with each experiment's result and wall time.
 
-    ``progress`` receives the experiments' messages; ``on_start(name, i, total)`` is called as the
-    ``i``-th (from 1) of ``total`` experiments starts, ``on_end(run, i, total)`` as it ends."""
+    ``device`` is where the experiments that can (``Experiment.on_device``) train their models: ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or an array library's device object.  ``progress`` receives the experiments'
+    messages; ``on_start(name, i, total)`` is called as the ``i``-th (from 1) of ``total`` experiments
+    starts, ``on_end(run, i, total)`` as it ends."""
     from normlab.version import __version__
 
     names = resolve_names(names)
-    for name in names:  # every experiment must run on ``data`` before any starts
+    for name in names:  # every experiment must run on ``data`` and ``device`` before any starts
         check_data(REGISTRY[name], data)
+        check_device(REGISTRY[name], device)
+    if isinstance(device, str):
+        nn.check_device(
+            device
+        )  # CUDA asked for where there is none: refused before any file is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -99,7 +114,7 @@ def run_experiments(
         for i, name in enumerate(names, start=1):
             if on_start is not None:
                 on_start(name, i, len(names))
-            runs.append(_run_one(name, out_dir, mode, seed, data, progress))
+            runs.append(_run_one(name, out_dir, mode, seed, data, device, progress))
             if on_end is not None:
                 on_end(runs[-1], i, len(names))
     total = time.perf_counter() - started
@@ -109,6 +124,7 @@ def run_experiments(
         "mode": mode,
         "seed": seed,
         "data": data,
+        **({} if isinstance(device, str) and device == "cpu" else {"device": str(device)}),
         "wall time": f"{total:.1f} s",
     } | machine_description()
     experiments = [
@@ -128,11 +144,20 @@ def _run_one(
     mode: str,
     seed: int,
     data: str,
+    device: Any,
     progress: Callable[[str], None] | None,
 ) -> ExperimentRun:
     """Run one experiment into ``out_dir/name``: its config, artefacts, ``result.json`` and section."""
     experiment = REGISTRY[name]
-    ctx = RunContext(experiment, out_dir / name, mode=mode, seed=seed, data=data, progress=progress)
+    ctx = RunContext(
+        experiment,
+        out_dir / name,
+        mode=mode,
+        seed=seed,
+        data=data,
+        progress=progress,
+        device=device,
+    )
     ctx.save_config({"claim": experiment.claim, "source": experiment.source})
     t0 = time.perf_counter()
     # a diverging network (part of what some experiments measure) overflows: record NaN, do not warn

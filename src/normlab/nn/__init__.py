@@ -22,7 +22,7 @@ from normlab.nn.lifecycle import (
     unfreeze_batch_norm,
 )
 from normlab.nn.loss import CrossEntropyLoss, MSELoss
-from normlab.nn.module import IncompatibleKeys, Module, Parameter, StateDictError
+from normlab.nn.module import IncompatibleKeys, Module, Parameter, StateDictError, check_device
 from normlab.nn.norm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -94,6 +94,7 @@ __all__ = [
     "WSConv2d",
     "batch_norm_layers",
     "build_module",
+    "check_device",
     "dropout_generators",
     "freeze_batch_norm",
     "fuse",

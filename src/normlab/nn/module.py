@@ -137,6 +137,13 @@ def _device_mover(device: str) -> Callable[[Any], Any]:
     return move
 
 
+def check_device(device: str) -> None:
+    """Raise what ``Module.to(device)`` would raise for a device string that cannot be used here (malformed:
+    ``ValueError``; CUDA without CuPy or a GPU: ``RuntimeError`` naming the extra), moving nothing."""
+    if device != "cpu":
+        _device_mover(device)
+
+
 def _cupy_for(device: str) -> Any:
     """CuPy, once it is known to import and to see the GPU ``device`` names; else a ``RuntimeError``."""
     try:

@@ -113,6 +113,7 @@ PUBLISHED_ERROR = {
     source="Wu & He, Group Normalization (ECCV 2018), fig. 1 and table 2",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
     data=("sample", "full", "cifar10", "fashion-mnist"),
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -143,7 +144,7 @@ def run(ctx: RunContext) -> Result:
                     )
                 else:
                     model = small_mlp(norm, cfg, rng=ctx.rng(2), n_inputs=x_flat.shape[1])
-                outcome = train(model, xs, y, batch_size, lr, cfg, seed=ctx.seed)
+                outcome = train(ctx.place(model), xs, y, batch_size, lr, cfg, seed=ctx.seed)
                 val_error = (
                     CHANCE_ERROR if outcome["diverged"] else 1.0 - model_accuracy(model, xvs, y_val)
                 )

@@ -47,6 +47,7 @@ TINY = FULL | {"epochs": 1, "train_limit": 400, "validate_every": 5}
     claim="Batch norm speeds up convergence: the network with batch norm reaches a given validation accuracy in fewer steps.",
     source="seeds 002, 003 (Keras/PyTorch MLP with BatchNormalization on MNIST)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -60,7 +61,7 @@ def run(ctx: RunContext) -> Result:
     per_step, per_epoch = [], []
     for norm, label in ((None, "plain"), ("bn", "batch norm")):
         ctx.log(f"bn-vs-plain: {label}")
-        model = mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, rng=ctx.rng(1))
+        model = ctx.place(mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, rng=ctx.rng(1)))
         val_steps, val_accs = _train(ctx, label, model, x, y, x_val, y_val, per_step, per_epoch)
         histories[label] = {
             "val_steps": val_steps,

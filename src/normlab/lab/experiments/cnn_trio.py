@@ -68,6 +68,7 @@ TINY = FULL | {"epochs": 1, "train_images": 50, "val_images": 100}
     source="seed 001 (Keras tutorial: logistic regression, wide and deep CNN with BatchNormalization)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
     data=("sample", "full", "cifar10", "fashion-mnist"),
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -82,7 +83,9 @@ def run(ctx: RunContext) -> Result:
         for input_bn in (False, True):
             ctx.log(f"cnn-trio: {MODEL_NAMES[kind]}, input BN {'on' if input_bn else 'off'}")
             # the same initial weights with and without BN: only the input BN differs
-            model = build_model(kind, input_bn, cfg, rng=ctx.rng(i), image_shape=data.image_shape)
+            model = ctx.place(
+                build_model(kind, input_bn, cfg, rng=ctx.rng(i), image_shape=data.image_shape)
+            )
             epochs = train(model, x, y, x_val, y_val, cfg["lr"][kind], cfg, seed=ctx.seed)
             histories[(kind, input_bn)] = [e["val_accuracy"] for e in epochs]
             if epochs[-1]["diverged"]:

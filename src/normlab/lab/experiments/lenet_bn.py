@@ -53,6 +53,7 @@ COLORS = {"bn": "#1f5fbf", "plain": "#c05020"}
     source="d2l.ai, Dive into Deep Learning, ch. 'Batch Normalization' (LeNet with BN) and 'LeNet'",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
     data=("sample", "full", "cifar10", "fashion-mnist"),
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -63,7 +64,9 @@ def run(ctx: RunContext) -> Result:
     histories: dict[str, list[dict]] = {}
     for kind, lr in (("bn", cfg["lr_bn"]), ("plain", cfg["lr_plain"])):
         ctx.log(f"lenet-bn: {MODELS[kind]}, lr {lr}")
-        model = lenet(batch_norm=kind == "bn", rng=ctx.rng(1), image_shape=data.image_shape)
+        model = ctx.place(
+            lenet(batch_norm=kind == "bn", rng=ctx.rng(1), image_shape=data.image_shape)
+        )
         histories[kind] = train(model, x, y, x_test, y_test, lr, cfg, seed=ctx.seed)
     ctx.save_metrics(
         "per_epoch", [{"model": MODELS[k], **e} for k, h in histories.items() for e in h]
