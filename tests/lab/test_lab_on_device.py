@@ -8,6 +8,7 @@ device there is no numba CPU kernel), tiny mode, seed 0.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,12 @@ def _close(a: object, b: object, where: str) -> None:
         assert a == b, where
 
 
-def test_the_experiments_on_a_device_are_the_ones_the_help_names() -> None:
-    assert ON_DEVICE == ["batch-size", "bn-vs-plain", "cnn-trio", "lenet-bn"]
+def test_the_lab_guide_names_the_experiments_that_run_on_a_device() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guides" / "lab.md").read_text()
+    paragraph = guide[guide.index("`--device cuda`") :].split("\n\n")[0]
+    named = sorted(set(re.findall(r"`([a-z-]+)`", paragraph)) & set(REGISTRY))
+    assert named == ON_DEVICE
+    assert len(ON_DEVICE) == 10
 
 
 @pytest.mark.parametrize("name", ON_DEVICE)

@@ -65,6 +65,7 @@ COLORS = {"before": "#1f5fbf", "after": "#c05020"}
     "reach different test accuracies.",
     source="Ioffe & Szegedy 2015 §3.2 (BN before the nonlinearity) against the practitioners' ReLU -> BN",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -81,7 +82,7 @@ def run(ctx: RunContext) -> Result:
             for order in ORDERS:
                 ctx.log(f"bn-order: {track}, {ORDER_NAMES[order]}, seed {s}")
                 # the same initial weights and batches for both orders at a given seed
-                model = build(track, order, cfg, rng=ctx.rng(100 + s))
+                model = ctx.place(build(track, order, cfg, rng=ctx.rng(100 + s)))
                 loss = _train(model, x, y, cfg, cfg["epochs"][track], seed=[ctx.seed, s])
                 acc = model_accuracy(model, x_test, y_test)
                 accuracies[track][order].append(acc)

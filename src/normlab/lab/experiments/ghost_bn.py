@@ -92,6 +92,7 @@ def large_lr(cfg: Mapping) -> float:
     claim="Ghost batch norm narrows the generalisation gap of large-batch training.",
     source="Hoffer, Hubara & Soudry, Train longer, generalize better (NIPS 2017), §4-4.1, table 1",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -112,7 +113,7 @@ def run(ctx: RunContext) -> Result:
     records, results = [], {}
     for name, (batch, lr, epochs, ghost) in plan.items():
         ctx.log(f"ghost-bn: {NAMES[name]}")
-        model = build(cfg["hidden"], ghost, rng=ctx.rng(1))
+        model = ctx.place(build(cfg["hidden"], ghost, rng=ctx.rng(1)))
         loader = DataLoader(x, y, batch_size=batch, shuffle=True, drop_last=True, seed=ctx.seed)
         history = train_model(
             model,

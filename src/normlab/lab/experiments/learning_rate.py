@@ -106,6 +106,7 @@ def decide(
     source="Ioffe & Szegedy 2015, section 4.2 (BN-x5, BN-x30); small-scale setup after Saito, Deep Learning "
     "from Scratch, ch. 6",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -173,7 +174,9 @@ def _train(ctx: RunContext, norm, lr, lr_index, x, y, x_val, y_val) -> list[dict
     cfg = ctx.config
     # the same initial weights and batches for both networks at a given learning rate
     rng = ctx.rng(lr_index)
-    model = he_normal_init(mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, rng=rng), rng)
+    model = ctx.place(
+        he_normal_init(mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, rng=rng), rng)
+    )
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], seed=ctx.seed + lr_index)
     history = []
     losses: list[float] = []

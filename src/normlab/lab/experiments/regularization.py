@@ -82,6 +82,7 @@ def decide(gaps: dict[str, float], min_reduction: float) -> tuple[bool, str]:
     "smaller than without any regularisation.",
     source="seeds 002, 004; overfitting setup of Saito, Deep Learning from Scratch, ch. 6",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -150,6 +151,7 @@ def _build(ctx: RunContext, variant: str, n_inputs: int) -> tuple[nn.Sequential,
         rng=ctx.rng(1),  # also seeds the dropout masks
     )
     he_normal_init(model, ctx.rng(2))  # its own stream: the same weights for every variant
+    ctx.place(model)
     opt = optim.SGD(optim.param_groups_no_decay(model, decay), lr=cfg["lr"])
     return model, opt
 

@@ -160,6 +160,7 @@ def schedule(cfg: Mapping, total_steps: int) -> RenormSchedule:
     claim="Batch Renormalization recovers batch norm's accuracy with small and with non-i.i.d. minibatches.",
     source="Ioffe, Batch Renormalization (NIPS 2017), §4, figs. 2 and 3",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -175,7 +176,7 @@ def run(ctx: RunContext) -> Result:
         total = cfg["epochs"] * len(batches)
         for norm in cfg["norms"]:
             ctx.log(f"renorm: {SETTING_NAMES[setting]}, {NORM_NAMES[norm]}")
-            model = build(norm, cfg, total, rng=ctx.rng(1))
+            model = ctx.place(build(norm, cfg, total, rng=ctx.rng(1)))
             history = train_model(
                 model,
                 batches,

@@ -66,6 +66,7 @@ def decide(best_val: dict[str, np.ndarray], learned_threshold: float) -> tuple[b
     "(7 hidden layers, Adam).",
     source="CS231n assignment 2, BatchNormalization.ipynb (batch normalization and initialization)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -183,7 +184,9 @@ def _train(ctx: RunContext, norm, w, scale_index, x, y, x_val, y_val) -> dict:
     """Train one network as CS231n's Solver does; returns per-iteration losses and per-check accuracies."""
     cfg = ctx.config
     # the same initial weights (and batches) for both networks at a given scale
-    model = mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, weight_std=w, rng=ctx.rng(scale_index))
+    model = ctx.place(
+        mlp([x.shape[1], *cfg["hidden"], 10], norm=norm, weight_std=w, rng=ctx.rng(scale_index))
+    )
     loader = DataLoader(
         x,
         y,
