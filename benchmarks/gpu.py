@@ -9,6 +9,9 @@ test).  Each implementation runs ``--repeat`` calls between two device synchroni
 table has the medians, the ratio torch / normlab (above 1: normlab is faster), and normlab's effective
 bandwidth as a share of a device-to-device copy measured in the same run.
 
+After the kernel rows, one training epoch of the MLP and of LeNet-BN (``benchmarks/epoch_cases.py``: the
+MNIST sample, the same initial weights in both libraries) with the model and the batches on the GPU.
+
 Effective bandwidth counts the bytes a two-pass design must move: forward reads x twice and writes y,
 backward reads x and dy twice each and writes dx, so 8 times the tensor's size for forward + backward
 (parameters and statistics are negligible).  100 % would mean running at copy speed.
@@ -201,6 +204,87 @@ def _run_case(
     )
 
 
+@dataclass
+class EpochRow:
+    """One training epoch of a network (benchmarks/epoch_cases.py's setups) on the GPU, both libraries
+    starting from the same weights; the losses are those of that first epoch (they should agree)."""
+
+    name: str
+    batch_size: int
+    steps: int
+    normlab_ms: float
+    torch_ms: float
+    normlab_loss: float
+    torch_loss: float
+
+    @property
+    def ratio(self) -> float:
+        return self.torch_ms / self.normlab_ms
+
+
+def epoch_row(
+    setup: Any,
+    device: Any,
+    put: Callable[[Any], Any],
+    sync: Callable[[], None],
+    torch_device: str,
+    limit: int | None = None,
+) -> EpochRow:
+    """Time one epoch of ``setup`` (MLP or LeNet-BN on the MNIST sample) with the normlab model on ``device``
+    (batches put there once by ``put``) and the PyTorch model on ``torch_device``: median of five epochs
+    after three warm-up ones, each ended by ``sync``.  ``limit`` keeps only the first batches (tests)."""
+    import torch
+
+    from benchmarks.epoch_cases import batches, build_pair, normlab_epoch
+
+    ours, theirs = build_pair(setup)
+    ours.to(device)
+    theirs.to(torch_device)
+    data = batches(setup.images, setup.batch_size)[:limit]
+    ours_epoch = normlab_epoch(setup, ours, [(put(x), put(y)) for x, y in data])
+    tdata = [
+        (torch.from_numpy(x).to(torch_device), torch.from_numpy(y).to(torch_device))
+        for x, y in data
+    ]
+    opt = setup.optimizer_torch(theirs.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def theirs_epoch() -> float:
+        total = 0.0
+        for xb, yb in tdata:
+            opt.zero_grad()
+            loss = loss_fn(theirs(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        return total / len(tdata)
+
+    # the first epochs, from the same weights: their mean losses should agree
+    normlab_loss, torch_loss = ours_epoch(), theirs_epoch()
+    return EpochRow(
+        name=setup.name,
+        batch_size=setup.batch_size,
+        steps=len(data),
+        normlab_ms=_median_ms(ours_epoch, sync, 1),
+        torch_ms=_median_ms(theirs_epoch, sync, 1),
+        normlab_loss=normlab_loss,
+        torch_loss=torch_loss,
+    )
+
+
+def format_epochs(rows: list[EpochRow]) -> str:
+    lines = [
+        "| epoch | batch | steps | normlab ms | torch ms | torch/normlab | first-epoch loss normlab / torch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.batch_size} | {r.steps} | {r.normlab_ms:.1f} | {r.torch_ms:.1f} | "
+            f"{r.ratio:.2f}x | {r.normlab_loss:.4f} / {r.torch_loss:.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def format_table(rows: list[Row], device: str) -> str:
     lines = [
         f"GPU: {device}; copy bandwidth {rows[0].copy_gbps:.0f} GB/s" if rows else f"GPU: {device}",
@@ -226,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shapes with an 8x smaller batch")
     parser.add_argument("--repeat", type=int, default=20, help="calls per timed round (default 20)")
     parser.add_argument("--json", help="also write the rows as JSON to this path")
+    parser.add_argument(
+        "--no-epochs", action="store_true", help="skip the LeNet-BN and MLP epoch rows"
+    )
     args = parser.parse_args(argv)
 
     reason = cuda_unavailable()
@@ -249,10 +336,30 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows[-1:], device).splitlines()[-1], flush=True)
     print()
     print(format_table(rows, device))
+    epochs = []
+    if not args.no_epochs:
+        import cupy
+
+        from benchmarks.epoch_cases import LENET, MLP
+
+        for setup in (MLP, LENET):
+            try:
+                epochs.append(
+                    epoch_row(setup, "cuda", cupy.asarray, cupy.cuda.Device().synchronize, "cuda")
+                )
+            except Exception as exc:  # an epoch row must not hide the kernel rows above
+                print(f"{setup.name}: failed: {type(exc).__name__}: {exc}", flush=True)
+        print()
+        print(format_epochs(epochs))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"device": device, "copy_gbps": copy, "rows": [asdict(r) for r in rows]},
+                {
+                    "device": device,
+                    "copy_gbps": copy,
+                    "rows": [asdict(r) for r in rows],
+                    "epochs": [asdict(r) for r in epochs],
+                },
                 f,
                 indent=1,
             )

@@ -8,7 +8,8 @@
 # `pip install -e '.[gpu]'` for CUDA 12 or '.[gpu-cu13]' for CUDA 13 first).  Wheels carried in ./.whl are
 # installed to /tmp/site first if that folder exists.  Everything lands in $OUT as at most 6 files:
 # nvidia-smi.txt, versions.txt, gpu_tests.txt, gpu_bench.txt, gpu_bench.json, summary.txt.
-# Budget: about 2 minutes of tests (kernel compilation included) and 3 of benchmark.
+# Budget: at most 6 minutes of tests (kernel compilation included: every layer and lab network on the GPU)
+# and about 3 of benchmark (kernel rows, then the MLP and LeNet-BN epochs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/normlab-gpu-check}"
@@ -36,7 +37,7 @@ PY
     "$PY" -m normlab info
 } >"$OUT/versions.txt" 2>&1
 
-timeout 240 "$PY" -m pytest tests/gpu/test_cuda_device.py tests/gpu/test_info.py -q -rs \
+timeout 360 "$PY" -m pytest tests/gpu/test_cuda_device.py tests/gpu/test_cuda_models.py tests/gpu/test_info.py -q -rs \
     -p no:cacheprovider -o addopts="--import-mode=importlib" >"$OUT/gpu_tests.txt" 2>&1
 tests_rc=$?
 timeout 300 "$PY" -m benchmarks.gpu --json "$OUT/gpu_bench.json" >"$OUT/gpu_bench.txt" 2>&1

@@ -24,3 +24,27 @@ def test_case_list_covers_the_issue_shapes():
     assert ("BN1d", (65536, 1024), "float32") in names
     assert ("LayerNorm", (65536, 1024), "float32") in names
     assert ("GroupNorm(32)", (256, 64, 56, 56), "float32") in names
+
+
+@pytest.mark.parametrize("setup_name", ["MLP", "LENET"])
+def test_the_epoch_rows_run_both_libraries_from_the_same_weights(setup_name):
+    """The epoch row's code, on array-api-strict's device1 (the GPU's stand-in) and PyTorch on the CPU, two
+    batches of the MNIST sample: the first-epoch losses agree, so both trained the same network on the same
+    batches."""
+    pytest.importorskip("torch")
+    from benchmarks import epoch_cases
+
+    from helpers.devices import STRICT
+    from normlab import kernels
+
+    kernels.use("reference")
+    try:
+        row = gpu.epoch_row(
+            getattr(epoch_cases, setup_name), STRICT.target, STRICT.put, lambda: None, "cpu", 2
+        )
+    finally:
+        kernels.use()
+    assert row.steps == 2 and row.normlab_ms > 0 and row.torch_ms > 0
+    assert abs(row.normlab_loss - row.torch_loss) < 1e-4 * max(1.0, abs(row.torch_loss))
+    table = gpu.format_epochs([row])
+    assert row.name in table and f"{row.ratio:.2f}x" in table

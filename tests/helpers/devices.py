@@ -3,6 +3,8 @@ tests: ``DEVICE1`` refuses any conversion to NumPy, so a hidden NumPy call on th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,3 +38,22 @@ def strict_copy(model: nn.Module, device: Any) -> nn.Module:
 def on_device1(model: nn.Module) -> nn.Module:
     """``model`` copied to array-api-strict's ``device1``."""
     return strict_copy(model, DEVICE1)
+
+
+@dataclass(frozen=True)
+class Device:
+    """How a test reaches a device: ``target`` for ``Module.to``, ``put`` (NumPy -> device array), ``get``
+    (device array -> NumPy) and ``holds`` (whether an array lives there)."""
+
+    target: Any
+    put: Callable[[np.ndarray], Any]
+    get: Callable[[Any], np.ndarray]
+    holds: Callable[[Any], bool]
+
+
+STRICT = Device(
+    target=DEVICE1,
+    put=lambda a: xs.asarray(a, device=DEVICE1),
+    get=host_copy,
+    holds=lambda a: getattr(a, "device", None) == DEVICE1,
+)
