@@ -193,3 +193,21 @@ def test_backward_under_an_address_space_limit(tmp_path: Path) -> None:
     assert report["message"].startswith("Linear(in_features=2048, out_features=10, bias=True)")
     assert "grad_output (20000, 10) float32" in report["message"]
     assert "may map at most" in report["message"]  # the limit that was hit is named
+
+
+def test_a_custom_module_is_named_and_a_staticmethod_forward_is_left_alone() -> None:
+    class Widen(nn.Module):
+        """A user's module: its forward allocates (HUGE, 4) and its extra_repr is broken."""
+
+        def forward(self, x: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(x[0, 0], (HUGE, 4)) * 2.0
+
+        def extra_repr(self) -> str:
+            raise RuntimeError("broken extra_repr")
+
+    class Plain(nn.Module):
+        forward = staticmethod(lambda x: x + 1)
+
+    with pytest.raises(nl.OutOfMemoryError, match=r"^Widen: out of memory in forward"):
+        Widen()(np.ones((3, 8), np.float32))
+    assert Plain()(np.zeros(2)).tolist() == [1.0, 1.0]

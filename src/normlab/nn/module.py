@@ -19,6 +19,7 @@ names the module and both devices.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -238,8 +239,8 @@ class Module:
         # every forward and backward reports a failed allocation as an OutOfMemoryError naming the layer
         super().__init_subclass__(**kwargs)
         for phase in ("forward", "backward"):
-            method = cls.__dict__.get(phase)
-            if callable(method) and not getattr(method, "_reports_out_of_memory", False):
+            method = cls.__dict__.get(phase)  # plain functions only: a staticmethod has no self
+            if inspect.isfunction(method) and not getattr(method, "_reports_out_of_memory", False):
                 setattr(cls, phase, reports_out_of_memory(method, phase))
 
     def __init__(self) -> None:

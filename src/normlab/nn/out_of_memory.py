@@ -166,6 +166,15 @@ def annotate(
     return OutOfMemoryError(where, phase, requested_bytes(err), device, detail, owner)
 
 
+def _describe(module: Any) -> str:
+    """``Linear(in_features=8, ...)``; the class name alone if ``extra_repr`` fails (it must not hide the
+    out-of-memory error being reported)."""
+    try:
+        return f"{type(module).__name__}({module.extra_repr()})"
+    except Exception:
+        return type(module).__name__
+
+
 def reports_out_of_memory(method: Callable[..., Any], phase: str) -> Callable[..., Any]:
     """Wrap a module's ``forward`` or ``backward``: a ``MemoryError`` raised inside it becomes an
     :class:`OutOfMemoryError` naming the innermost module it came from and, as it passes up through the
@@ -179,8 +188,7 @@ def reports_out_of_memory(method: Callable[..., Any], phase: str) -> Callable[..
             err.locate(self)
             raise
         except MemoryError as err:
-            where = f"{type(self).__name__}({self.extra_repr()})"
-            raise annotate(err, where, phase, args, owner=self) from err
+            raise annotate(err, _describe(self), phase, args, owner=self) from err
 
     wrapper._reports_out_of_memory = True  # type: ignore[attr-defined]
     return wrapper
