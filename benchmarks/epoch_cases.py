@@ -180,13 +180,13 @@ def normlab_epoch(setup: Setup, model, data) -> Callable[[], float]:
     return epoch
 
 
-def torch_epoch(setup: Setup, model, data) -> Callable[[], float]:
-    """The same epoch in PyTorch."""
+def torch_epoch(setup: Setup, model, data, device: str = "cpu") -> Callable[[], float]:
+    """The same epoch in PyTorch (the batches moved to ``device`` once, as the model should be)."""
     import torch
 
     opt = setup.optimizer_torch(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
-    tdata = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in data]
+    tdata = [(torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)) for xb, yb in data]
 
     def epoch() -> float:
         total = 0.0

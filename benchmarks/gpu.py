@@ -233,32 +233,14 @@ def epoch_row(
     """Time one epoch of ``setup`` (MLP or LeNet-BN on the MNIST sample) with the normlab model on ``device``
     (batches put there once by ``put``) and the PyTorch model on ``torch_device``: median of five epochs
     after three warm-up ones, each ended by ``sync``.  ``limit`` keeps only the first batches (tests)."""
-    import torch
-
-    from benchmarks.epoch_cases import batches, build_pair, normlab_epoch
+    from benchmarks.epoch_cases import batches, build_pair, normlab_epoch, torch_epoch
 
     ours, theirs = build_pair(setup)
     ours.to(device)
     theirs.to(torch_device)
     data = batches(setup.images, setup.batch_size)[:limit]
     ours_epoch = normlab_epoch(setup, ours, [(put(x), put(y)) for x, y in data])
-    tdata = [
-        (torch.from_numpy(x).to(torch_device), torch.from_numpy(y).to(torch_device))
-        for x, y in data
-    ]
-    opt = setup.optimizer_torch(theirs.parameters())
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def theirs_epoch() -> float:
-        total = 0.0
-        for xb, yb in tdata:
-            opt.zero_grad()
-            loss = loss_fn(theirs(xb), yb)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        return total / len(tdata)
-
+    theirs_epoch = torch_epoch(setup, theirs, data, torch_device)
     # the first epochs, from the same weights: their mean losses should agree
     normlab_loss, torch_loss = ours_epoch(), theirs_epoch()
     return EpochRow(

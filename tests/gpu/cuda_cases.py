@@ -39,6 +39,23 @@ TOL = {
 BF16_TOL = {"rtol": 8e-3, "atol": 8e-3}
 
 
+def cupy_on_a_real_gpu() -> Any:
+    """CuPy, where the CUDA kernels can run on a real GPU; otherwise the test is skipped with the reason (no
+    device or driver, the simulator switched on in this process, or no CuPy)."""
+    import pytest
+
+    from normlab.kernels import cuda as K
+
+    ok, reason = K.status()
+    if not ok:
+        pytest.skip(reason)
+    if K.simulator():
+        pytest.skip(
+            "the simulator is on in this process; real-GPU tests need NUMBA_ENABLE_CUDASIM unset"
+        )
+    return pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e '.[gpu]')")
+
+
 @dataclass(frozen=True)
 class Device:
     put: Callable[[np.ndarray], Any]

@@ -16,20 +16,14 @@ from gpu.cuda_cases import (
     check_batch_norm,
     check_bfloat16,
     check_row_norm,
+    cupy_on_a_real_gpu,
     directional_gradient_error,
 )
 from normlab.kernels import cuda as K
 
 
 def _gpu() -> Device:
-    ok, reason = K.status()
-    if not ok:
-        pytest.skip(reason)
-    if K.simulator():
-        pytest.skip(
-            "the simulator is on in this process; real-GPU tests need NUMBA_ENABLE_CUDASIM unset"
-        )
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e '.[gpu]')")
+    cupy = cupy_on_a_real_gpu()
     return Device(put=cupy.asarray, get=cupy.asnumpy)
 
 

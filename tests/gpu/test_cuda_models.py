@@ -15,29 +15,18 @@ import numpy as np
 import pytest
 
 import normlab as nl
+from gpu.cuda_cases import cupy_on_a_real_gpu
 from helpers.device_cases import LAYERS, NETWORKS, Tolerance, check_layer, check_network
 from helpers.devices import Device
 from normlab import kernels, nn
-from normlab.kernels import cuda as K
 
 # float64 throughout: the CUDA kernels sum in another order than NumPy (two-stage reductions)
 CUDA_TOLERANCE = Tolerance(output=1e-9, grad=1e-8, trained=1e-8, atol=1e-10)
 
 
-def _cupy():
-    ok, reason = K.status()
-    if not ok:
-        pytest.skip(reason)
-    if K.simulator():
-        pytest.skip(
-            "the simulator is on in this process; real-GPU tests need NUMBA_ENABLE_CUDASIM unset"
-        )
-    return pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e '.[gpu]')")
-
-
 @pytest.fixture(params=["cuda-kernels", "reference"])
 def gpu(request) -> Device:
-    cupy = _cupy()
+    cupy = cupy_on_a_real_gpu()
     kernels.use("reference" if request.param == "reference" else "auto")
     yield Device(
         target="cuda",
@@ -79,7 +68,7 @@ def test_a_checkpoint_written_from_the_gpu_loads_on_numpy_and_back(
 
 
 def test_out_of_gpu_memory_names_the_layer_and_the_size() -> None:
-    cupy = _cupy()
+    cupy = cupy_on_a_real_gpu()
     model = nn.Sequential(nn.Linear(8, 64), nn.BatchNorm1d(64)).to("cuda")
     # 2**30 rows (within cuBLAS's 32-bit sizes): the (rows, 64) float32 output is 256 GiB, more than an
     # H200's 141 GiB; the input is a broadcast view (32 bytes), which CuPy may first copy (32 GiB, fits)
