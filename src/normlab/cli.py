@@ -617,8 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
         **(
             DEVICE_OPTION
             | {
-                "help": "cpu (the default), cuda or cuda:N: where the experiments that can train "
-                "(on_device in `normlab lab list --json`); pip install 'normlab[gpu]'"
+                "help": "cpu (the default), cuda or cuda:N: where the experiments train their "
+                "models; pip install 'normlab[gpu]'"
             }
         ),
     )

@@ -206,3 +206,21 @@ def test_cupy_normalizations_resolve_to_the_cuda_kernels(monkeypatch) -> None:
     assert kernels.Backend("reference").resolve("batch_norm", x) is kernels.REFERENCE["batch_norm"]
     assert _fast_record().resolve("linear", x) is kernels.REFERENCE["linear"]
     assert F.batch_norm_forward is kernels.REFERENCE["batch_norm"].forward
+
+
+def test_recalibration_on_device1_equals_numpy_and_takes_numpy_batches(
+    reference_kernels: None,
+) -> None:
+    def bn_mlp() -> nn.Module:
+        return nn.Sequential(nn.Linear(5, 4, rng=np.random.default_rng(1)), nn.BatchNorm1d(4))
+
+    reference, model = bn_mlp(), bn_mlp().to(DEVICE1)
+    rng = np.random.default_rng(5)
+    batches = [rng.normal(3.0, 2.0, size=(8, 5)).astype(np.float32) for _ in range(3)]
+    nn.recalibrate_batch_norm(reference, batches)
+    nn.recalibrate_batch_norm(model, batches)  # NumPy batches: moved to the model's device
+    for key, value in model.state_dict().items():
+        assert value.device == DEVICE1, key
+        np.testing.assert_allclose(_host(value), reference.state_dict()[key], rtol=1e-6, err_msg=key)
+    nn.recalibrate_batch_norm(model, [xs.asarray(b, device=DEVICE1) for b in batches])  # on the device
+    np.testing.assert_allclose(_host(model[1].running_mean), reference[1].running_mean, rtol=1e-6)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from normlab.backend import no_grad
-from normlab.nn.module import Module
+from normlab.backend import copy_array, like, no_grad
+from normlab.nn.module import Module, _is_array
 from normlab.nn.norm import _BatchNorm, _NormBase
 
 
@@ -68,7 +68,10 @@ def recalibrate_batch_norm(model: Module, batches: Iterable[Any]) -> Module:
     layers = [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
     if not layers:
         raise ValueError("recalibrate_batch_norm: the model has no layer with running statistics")
-    saved_state = {k: v.copy() for k, v in model.state_dict().items()}
+    saved_state = {k: copy_array(v) for k, v in model.state_dict().items()}
+    where = next(
+        (p.data for p in model.parameters()), None
+    )  # NumPy batches go to the model's device
     saved_modes = [(m, m.training) for m in model.modules()]
     saved_momentum = [(m, m.momentum) for m in layers]
     seen = 0
@@ -81,7 +84,9 @@ def recalibrate_batch_norm(model: Module, batches: Iterable[Any]) -> Module:
         with no_grad():
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(np.asarray(x))
+                if isinstance(x, np.ndarray) or not _is_array(x):
+                    x = np.asarray(x) if where is None else like(np.asarray(x), where)
+                model(x)
                 seen += 1
         if seen == 0:
             raise ValueError("recalibrate_batch_norm: no batches were given")

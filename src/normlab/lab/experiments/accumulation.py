@@ -55,6 +55,7 @@ from matplotlib.ticker import MaxNLocator
 
 import normlab as nl
 from normlab import nn, optim
+from normlab.backend import to_host
 from normlab.config import mlp
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import Measure, first, mnist
@@ -125,14 +126,15 @@ def build(hidden, rng: np.random.Generator, activation: str = "tanh") -> nn.Sequ
 
 def running_stats(model: nn.Module) -> list[np.ndarray]:
     """The floating-point buffers of ``model`` (batch norm's running mean and variance), in order."""
-    return [b for _, b in model.named_buffers() if b is not None and b.dtype.kind == "f"]
+    buffers = (to_host(b) for _, b in model.named_buffers() if b is not None)
+    return [b for b in buffers if b.dtype.kind == "f"]
 
 
 def differences(model: nn.Module, loss, ref: nn.Module, ref_loss) -> dict[str, float]:
     """Largest absolute differences to the reference: of the loss (a number or a curve), of the
     parameters, and of the running statistics divided by the reference's largest magnitude (at least 1)."""
     params = max(
-        float(np.max(np.abs(p.data - q.data)))
+        float(np.max(np.abs(to_host(p.data) - to_host(q.data))))
         for p, q in zip(model.parameters(), ref.parameters(), strict=True)
     )
     stats = max(
@@ -157,7 +159,7 @@ def train(
         metrics=(),
         verbose=0,
         seed=0,  # the batch source shuffles itself; nothing else in these models is random
-        callbacks=[Measure(lambda run, _: seen.append(run.step.targets))],
+        callbacks=[Measure(lambda run, _: seen.append(to_host(run.step.targets)))],
         accumulate=accumulate,
         accumulation=mode,
     )
@@ -204,6 +206,7 @@ def one_step_differences(model: nn.Module, source: EpochOrder, cfg: Mapping, epo
         "(per-micro-batch statistics are Ghost Batch Norm)"
     ),
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -219,9 +222,8 @@ def run(ctx: RunContext) -> Result:
     models, losses, targets, seconds = {}, {}, {}, {}
     for name, (source, accumulate, mode) in plan.items():
         ctx.log(f"accumulation: {NAMES[name]}")
-        models[name] = build(
-            cfg["hidden"], ctx.rng(1), cfg["activation"]
-        )  # the same initial weights in every run
+        # the same initial weights in every run
+        models[name] = ctx.place(build(cfg["hidden"], ctx.rng(1), cfg["activation"]))
         t0 = time.perf_counter()
         losses[name], targets[name] = train(
             models[name], source, cfg["lr"], epochs, accumulate, mode
@@ -242,7 +244,7 @@ def run(ctx: RunContext) -> Result:
     }
     ctx.log("accumulation: one step from the full-batch run's state, at every step")
     step_diffs, per_step = one_step_differences(
-        build(cfg["hidden"], ctx.rng(1), cfg["activation"]),
+        ctx.place(build(cfg["hidden"], ctx.rng(1), cfg["activation"])),
         EpochOrder(x, y, k * b, ctx.seed),
         cfg,
         epochs,

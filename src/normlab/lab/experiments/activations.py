@@ -16,10 +16,12 @@ import numpy as np
 
 import normlab as nl
 from normlab import nn, optim
+from normlab.backend import to_host
 from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import first, mnist, model_accuracy, train_model
+from normlab.train.batches import on_device
 
 FULL = {
     "hidden": [100, 100, 100, 100, 100],
@@ -49,6 +51,7 @@ MOMENTS = ("initialisation", "after training")
     "and after training.",
     source="Saito, Deep Learning from Scratch, ch. 6 (weight_init_activation_histogram.py)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -70,6 +73,7 @@ def run(ctx: RunContext) -> Result:
                 weight_std=cfg["weight_std"][act],
                 rng=ctx.rng(i),
             )
+            ctx.place(model)
             activations[(act, config, MOMENTS[0])] = hidden_activations(model, probe)
             train_network(model, x, y, cfg, ctx.seed + i)
             activations[(act, config, MOMENTS[1])] = hidden_activations(model, probe)
@@ -162,16 +166,16 @@ def train_network(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: dict, see
 
 def hidden_activations(model: nn.Sequential, x: np.ndarray) -> list[np.ndarray]:
     """The output of every hidden activation layer for the batch ``x``, in training mode (batch
-    statistics); the model's state and mode are left as they were."""
+    statistics), as NumPy arrays; the model's state and mode are left as they were."""
     saved, was_training = model.state_dict(), model.training
     outputs = []
     model.train()
     with nl.no_grad():
-        h = x
+        h = on_device(x, next(p.data for p in model.parameters()))  # where the model lives
         for layer in model:
             h = layer(h)
             if isinstance(layer, (nn.Sigmoid, nn.ReLU)):
-                outputs.append(h)
+                outputs.append(to_host(h))
     model.load_state_dict(saved)
     model.train(was_training)
     return outputs

@@ -14,13 +14,17 @@ Since d(sum e^2)/dw = 2 X^T (y_hat - y), SGD with ``lr = eta / 2`` performs Rasc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 import normlab as nl
 from normlab import nn, optim
+from normlab.backend import to_host
 from normlab.data import Standardizer, load_iris
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import Measure, train_model
+from normlab.train.batches import on_device
 
 FULL = {
     "rows": 100,  # setosa and versicolor
@@ -45,6 +49,7 @@ TINY = dict(FULL)
     "converges.",
     source="seed 004; Raschka, Python Machine Learning, ch. 2 (AdalineGD on Iris)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -54,12 +59,12 @@ def run(ctx: RunContext) -> Result:
     runs: dict[str, dict] = {}
     for i, eta in enumerate(cfg["raw_learning_rates"]):
         runs[f"raw, eta {eta:g}"] = fit_adaline(
-            x_raw, y, eta, cfg["raw_epochs"], cfg["init_std"], ctx.rng(i)
+            x_raw, y, eta, cfg["raw_epochs"], cfg["init_std"], ctx.rng(i), ctx.place
         )
     eta_std = cfg["standardized_learning_rate"]
     std_label = f"standardised, eta {eta_std:g}"
     runs[std_label] = fit_adaline(
-        x_std, y, eta_std, cfg["standardized_epochs"], cfg["init_std"], ctx.rng(100)
+        x_std, y, eta_std, cfg["standardized_epochs"], cfg["init_std"], ctx.rng(100), ctx.place
     )
     ctx.save_metrics(
         "cost_per_epoch",
@@ -148,11 +153,18 @@ def adaline(init_std: float, rng: np.random.Generator) -> nn.Linear:
 
 
 def fit_adaline(
-    x: np.ndarray, y: np.ndarray, eta: float, epochs: int, init_std: float, rng: np.random.Generator
+    x: np.ndarray,
+    y: np.ndarray,
+    eta: float,
+    epochs: int,
+    init_std: float,
+    rng: np.random.Generator,
+    place: Callable[[nn.Module], nn.Module] = lambda model: model,
 ) -> dict:
-    """Full-batch gradient descent for ``epochs`` epochs.  Returns the cost (sum of squared errors
-    / 2) of each epoch, measured before that epoch's update, the final model and its accuracy."""
-    model = adaline(init_std, rng)
+    """Full-batch gradient descent for ``epochs`` epochs, with the neuron where ``place`` puts it.  Returns
+    the cost (sum of squared errors / 2) of each epoch, measured before that epoch's update, the final model
+    and its accuracy."""
+    model = place(adaline(init_std, rng))
     costs: list[float] = []
     train_model(
         model,
@@ -168,12 +180,13 @@ def fit_adaline(
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Class -1 or +1 for each row: the sign of the net input (0 counts as +1, as in the book)."""
     with nl.no_grad():
-        return np.where(model(x)[:, 0] >= 0.0, 1.0, -1.0)
+        net_input = to_host(model(on_device(x, model.weight.data)))
+    return np.where(net_input[:, 0] >= 0.0, 1.0, -1.0)
 
 
 def adaline_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     prediction = predict(model, x)
-    if not np.all(np.isfinite(model.weight.data)):
+    if not np.all(np.isfinite(to_host(model.weight.data))):
         return float("nan")
     return float(np.mean(prediction == y[:, 0]))
 

@@ -86,6 +86,7 @@ def decide(
     "reaches higher test accuracy sooner (Ioffe & Szegedy 2015, fig. 1).",
     source="Ioffe & Szegedy 2015, Batch Normalization, section 4.1 and fig. 1 (MNIST)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -188,6 +189,7 @@ def _train(ctx: RunContext, norm, x, y, x_test, y_test) -> dict:
         weight_std=cfg["weight_std"],
         rng=ctx.rng(1),
     )
+    ctx.place(model)  # the probes read it through predict, which returns NumPy
     last_activation = max(
         i for i, layer in enumerate(model) if isinstance(layer, ACTIVATIONS[cfg["activation"]])
     )

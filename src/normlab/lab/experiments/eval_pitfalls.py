@@ -31,7 +31,15 @@ from normlab import nn, optim
 from normlab.config import mlp
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
-from normlab.lab.common import Measure, first, mnist, model_accuracy, train_model
+from normlab.lab.common import (
+    Measure,
+    correct_predictions,
+    first,
+    mnist,
+    model_accuracy,
+    train_model,
+)
+from normlab.train.batches import on_device
 
 FULL = {
     "channels": [8, 16],  # Conv 5x5/2 -> BN -> ReLU -> Conv 3x3/2 -> BN -> ReLU -> Linear
@@ -70,6 +78,7 @@ def train_mode_label(batch_size: int) -> str:
     source="seed 004 (moving statistics not updated, saved or restored); "
     "Wu & Johnson 2021, 'Rethinking batch in BatchNorm' (precise BN)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -77,7 +86,7 @@ def run(ctx: RunContext) -> Result:
     x, y = first(data.train, cfg["train_limit"])
     x_test, y_test = first(data.test, cfg["test_limit"])
 
-    model = small_cnn(cfg["channels"], ctx.rng(0))
+    model = ctx.place(small_cnn(cfg["channels"], ctx.rng(0)))
     history = train(model, x, y, cfg, ctx)
     ctx.save_metrics("training", history)
     trained = model.state_dict()  # copies: every evaluation below starts from this state
@@ -98,7 +107,7 @@ def run(ctx: RunContext) -> Result:
     accuracies[LEAKED] = model_accuracy(model, x_test, y_test)
 
     ctx.log("eval-pitfalls: reload without running statistics, then recalibrate")
-    reloaded = small_cnn(cfg["channels"], ctx.rng(1))
+    reloaded = ctx.place(small_cnn(cfg["channels"], ctx.rng(1)))
     load_parameters_only(reloaded, trained)
     accuracies[LOST] = model_accuracy(reloaded, x_test, y_test)
     loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=ctx.seed + 1)
@@ -223,10 +232,11 @@ def train_mode_accuracy(model: nn.Module, batches: list[tuple[np.ndarray, np.nda
     """Accuracy with the model left in training mode, as by mistake: batch norm normalizes each
     batch with its own statistics and also updates its running statistics."""
     model.train()
+    where = next(p.data for p in model.parameters())  # a model on a device gets the batches there
     correct = total = 0
     with nl.no_grad():
         for xb, yb in batches:
-            correct += int(np.sum(np.argmax(model(xb), axis=1) == yb))
+            correct += correct_predictions(model(on_device(xb, where)), yb)
             total += len(yb)
     return correct / total
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from normlab import nn, optim
+from normlab.backend import host_dtype, like, to_host
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import (
@@ -101,11 +102,12 @@ class ShiftNoise(nn.Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if not self.training:
-            factor = np.asarray(self.expected_factor(), dtype=x.dtype)
-            self._factor = np.broadcast_to(factor, x.shape)
-            return x * factor
+            # a Python float takes x's dtype (NumPy 2 and the Array API alike), on x's device
+            self._factor = self.expected_factor()
+            return x * self._factor
         if not (self.frozen and self._noise is not None and self._noise[0].shape == x.shape):
-            self._noise = self.draw(x.shape, x.dtype)
+            # drawn on the host from the layer's generator; on a device, used there
+            self._noise = tuple(like(a, x) for a in self.draw(tuple(x.shape), host_dtype(x)))
         factor, offset = self._noise
         self._factor = factor
         return x * factor + offset
@@ -130,7 +132,7 @@ class Probe(nn.Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.training and self.armed:
-            self.last = [float(v) for v in np.percentile(x, self.percentiles)]
+            self.last = [float(v) for v in np.percentile(to_host(x), self.percentiles)]
             self.armed = False
         return x
 
@@ -167,6 +169,7 @@ def build(
     "time-varying noise (more shift) trains as well as BN.",
     source="Santurkar et al., How Does Batch Normalization Help Optimization? (NeurIPS 2018), §2, fig. 2",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -177,14 +180,14 @@ def run(ctx: RunContext) -> Result:
     curves, activations, final = [], [], {}
     for variant in VARIANTS:
         ctx.log(f"ics: {NAMES[variant]}")
-        model = build(variant, cfg, rng=ctx.rng(1), noise_seed=[ctx.seed, 2])
+        model = ctx.place(build(variant, cfg, rng=ctx.rng(1), noise_seed=[ctx.seed, 2]))
         probe = next(m for m in model.modules() if isinstance(m, Probe))
         loader = DataLoader(x, y, batch_size=cfg["batch_size"], shuffle=True, seed=ctx.seed)
         correct = [0, 0]
 
         def each_step(run, step: int, variant=variant, model=model, probe=probe, correct=correct):
             correct[0] += correct_predictions(run.step.outputs, run.step.targets)
-            correct[1] += len(run.step.targets)
+            correct[1] += len(run.step)
             if step % cfg["measure_every"] == 0:
                 curves.append(
                     {

@@ -53,6 +53,7 @@ TINY = FULL | {
     claim="Batch norm makes training insensitive to the weight initialisation scale.",
     source="seed 000; Saito, Deep Learning from Scratch, ch. 6 (batch_norm_test.py)",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -67,7 +68,7 @@ def run(ctx: RunContext) -> Result:
             ctx.log(f"init-scale: w={w:.2e} {label}")
             # the same weights for both networks at a given scale: only batch norm differs
             model = with_eps(mlp(sizes, norm=norm, weight_std=w, rng=ctx.rng(i)), cfg["eps"])
-            accs = _train(ctx, model, i, x, y)
+            accs = _train(ctx, ctx.place(model), i, x, y)
             curves[(w, label)] = accs
             records += [
                 {"weight_scale": w, "model": label, "epoch": e, "train_accuracy": a}
@@ -243,7 +244,7 @@ def _eps_sweep(ctx: RunContext, x, y, sizes, final_bn) -> tuple[list[dict], list
             else:
                 ctx.log(f"init-scale: eps sweep w={w:.2e} eps={eps:g}")
                 model = with_eps(mlp(sizes, norm="bn", weight_std=w, rng=ctx.rng(i)), eps)
-                acc = _train(ctx, model, i, x, y)[-1]
+                acc = _train(ctx, ctx.place(model), i, x, y)[-1]
             records.append(
                 {
                     "weight_scale": w,

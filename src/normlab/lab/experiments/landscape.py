@@ -30,6 +30,7 @@ from normlab import nn, optim
 from normlab.data import DataLoader
 from normlab.lab.base import Result, RunContext, Table, register, verdict
 from normlab.lab.common import Measure, first, mnist, model_accuracy, train_model
+from normlab.nn.host import host_copy
 
 FULL = {
     "hidden": [100, 100, 100],
@@ -132,6 +133,7 @@ def probe(
     "change less with BN.",
     source="Santurkar et al., How Does Batch Normalization Help Optimization? (NeurIPS 2018), §3, fig. 4",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -146,11 +148,12 @@ def run(ctx: RunContext) -> Result:
     test_accuracy = {}
     for variant in VARIANTS:
         ctx.log(f"landscape: {NAMES[variant]}")
-        model = build(variant, cfg["hidden"], rng=ctx.rng(1))
+        model = ctx.place(build(variant, cfg["hidden"], rng=ctx.rng(1)))
 
         def each_step(run, step: int, variant=variant, model=model) -> None:
             if step == 1 or step % cfg["probe_every"] == 0:
-                r = probe(model, x_probe, y_probe, cfg["step_sizes"], criterion)
+                # on a NumPy copy when the model is on a device (the model itself otherwise)
+                r = probe(host_copy(model), x_probe, y_probe, cfg["step_sizes"], criterion)
                 records.append(
                     {"variant": variant, "step": step, "train_loss": run.step.loss}
                     | {k: r[k] for k in ("loss", "loss_range", "grad_change", "beta", "grad_norm")}

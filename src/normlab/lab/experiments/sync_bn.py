@@ -53,6 +53,7 @@ CHANCE_ERROR = 0.9
     "worker holds few samples.",
     source="Peng et al., MegDet (CVPR 2018) §3; Wu & He, Group Normalization (ECCV 2018) §2",
     configs={"full": FULL, "quick": QUICK, "tiny": TINY},
+    on_device=True,
 )
 def run(ctx: RunContext) -> Result:
     cfg = ctx.config
@@ -67,7 +68,7 @@ def run(ctx: RunContext) -> Result:
             global_batch = k * b
             lr = cfg["base_lr"] * global_batch / cfg["base_batch_size"]
             ctx.log(f"sync-bn: {NORMS[norm]}, {b} per worker x {k}, lr {lr:g}")
-            model = mlp(norm, b, cfg["hidden"], cfg["groups"], rng=ctx.rng(1))
+            model = ctx.place(mlp(norm, b, cfg["hidden"], cfg["groups"], rng=ctx.rng(1)))
             opt = optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"])
             loader = DataLoader(
                 x, y, batch_size=global_batch, shuffle=True, drop_last=True, seed=ctx.seed
