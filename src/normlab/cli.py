@@ -178,6 +178,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out,
         as_json=args.json,
         title="normlab demo: does batch norm do what the tutorials say?",
+        device=args.device,
     )
 
 
@@ -545,7 +546,7 @@ DEVICE_OPTION: dict[str, Any] = {
     "default": "cpu",
     "metavar": "DEVICE",
     "help": "cpu (NumPy, the default), cuda or cuda:N (CuPy arrays on that GPU; pip install "
-    "'normlab[gpu]'); with --procs, cuda gives each process of a node its own GPU",
+    "'normlab[gpu]')",
 }
 
 PROCS_HELP = """\
@@ -583,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--out", metavar="DIR", help="run directory (default runs/<date-time>)")
+    demo.add_argument("--device", **DEVICE_OPTION)
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
     demo.set_defaults(func=_cmd_demo)
 
@@ -641,7 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--json", action="store_true", help="print the results as JSON (no progress bar)"
     )
-    train.add_argument("--device", **DEVICE_OPTION)
+    train.add_argument(
+        "--device",
+        **(
+            DEVICE_OPTION
+            | {
+                "help": DEVICE_OPTION["help"]
+                + "; with --procs, cuda is one GPU per process of a node"
+            }
+        ),
+    )
     train.add_argument(
         "--procs",
         type=int,

@@ -117,6 +117,8 @@ def test_cli_device_errors(tmp_path: Path, capsys, cpu_only: str) -> None:
             main(["lab", "run", "lenet-bn", "--tiny", "--device", "cuda", "--out", str(out)]) == 1
         )
         assert "normlab[gpu]" in capsys.readouterr().err
+        assert main(["demo", "--device", "cuda", "--out", str(out)]) == 1
+        assert "normlab[gpu]" in capsys.readouterr().err
     assert not out.exists()
     assert main(["lab", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
