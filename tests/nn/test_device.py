@@ -221,6 +221,9 @@ def test_recalibration_on_device1_equals_numpy_and_takes_numpy_batches(
     nn.recalibrate_batch_norm(model, batches)  # NumPy batches: moved to the model's device
     for key, value in model.state_dict().items():
         assert value.device == DEVICE1, key
-        np.testing.assert_allclose(_host(value), reference.state_dict()[key], rtol=1e-6, err_msg=key)
-    nn.recalibrate_batch_norm(model, [xs.asarray(b, device=DEVICE1) for b in batches])  # on the device
+        np.testing.assert_allclose(
+            _host(value), reference.state_dict()[key], rtol=1e-6, err_msg=key
+        )
+    on_device1 = [xs.asarray(b, device=DEVICE1) for b in batches]
+    nn.recalibrate_batch_norm(model, on_device1)  # batches already on the device
     np.testing.assert_allclose(_host(model[1].running_mean), reference[1].running_mean, rtol=1e-6)
