@@ -96,9 +96,8 @@ def test_to_onnx_of_a_device_model_runs_as_the_model(tmp_path) -> None:
     numpy_model, model = _pair()
     before = _snapshot(model)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # training mode: the eval behaviour is exported, as it warns
+        # training mode: the eval behaviour is exported, as it warns
+        warnings.simplefilter("ignore")
         to_onnx(model, tmp_path / "device.onnx", input_shape=(1, 8, 8), fold=True)
         to_onnx(numpy_model, tmp_path / "numpy.onnx", input_shape=(1, 8, 8), fold=True)
     runs = []
@@ -136,8 +135,7 @@ def test_the_doctor_finds_on_a_device_what_it_finds_on_numpy() -> None:
         (f.code, f.severity, f.layer, f.message) for f in nl.doctor(numpy_model, x).findings
     ]
     assert findings == expected
-    assert any(
-        code == "BN004" for code, *_ in findings
-    )  # left in training mode: found on the device too
+    # left in training mode: found on the device too
+    assert any(code == "BN004" for code, *_ in findings)
     _unchanged(model, before)
     assert model.training  # the doctor's copy was examined, not the model

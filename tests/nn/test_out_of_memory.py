@@ -22,9 +22,8 @@ import normlab as nl
 from helpers.devices import DEVICE1, xs
 from normlab import nn, optim
 
-HUGE = (
-    2**46
-)  # rows: 2**46 x 16 bytes is 1 PiB, more than any machine (or 48-bit address space) holds
+# rows: 2**46 x 16 bytes is 1 PiB, more than any machine (or a 48-bit address space) holds
+HUGE = 2**46
 
 
 def _huge(*shape: int) -> np.ndarray:
@@ -185,10 +184,8 @@ def test_backward_under_an_address_space_limit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["type"] == "OutOfMemoryError"
-    assert (report["phase"], report["path"]) == (
-        "backward",
-        "3",
-    )  # the last layer runs backward first
+    # the last layer runs backward first
+    assert (report["phase"], report["path"]) == ("backward", "3")
     assert report["requested"] >= 20000 * 2048 * 4  # its input gradient, at least
     assert report["message"].startswith("Linear(in_features=2048, out_features=10, bias=True)")
     assert "grad_output (20000, 10) float32" in report["message"]

@@ -74,9 +74,8 @@ def examine(
     if labels is not None and batches is None:
         raise DoctorError("doctor: labels were given without batches")
     data = None if batches is None else as_batches(batches, labels, batch_size)
-    model = host_copy(
-        model
-    )  # a model on a device is examined as a NumPy copy (itself when it is NumPy)
+    # a model on a device is examined as a NumPy copy (a NumPy model is itself)
+    model = host_copy(model)
     snapshot = _Snapshot(model)
     try:
         return _run_checks(model, data, inference, stale)

@@ -82,9 +82,8 @@ def to_torch(model: nn.Module) -> Any:
     torch = _torch()
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_torch: expected a normlab Module, got {type(model).__name__}")
-    model = host_copy(
-        model
-    )  # a model on a device is read through a NumPy copy; the result is on the CPU
+    # a model on a device is read through a NumPy copy; the result is on the CPU
+    model = host_copy(model)
     for path, module in model.named_modules():  # every layer checked before anything is built
         _check_to_torch(path, module)
     dtype = _dtype(model)

@@ -65,9 +65,8 @@ class Experiment:
     configs: Mapping[str, Mapping[str, Any]]  # mode -> hyperparameters
     run: Callable[[RunContext], Result]
     data: tuple[str, ...] = MNIST_DATA  # the data sources it runs on (see DATA_SOURCES)
-    on_device: bool = (
-        False  # whether its models can train on a device (``normlab lab run --device``)
-    )
+    # whether its models can train on a device (``normlab lab run --device``)
+    on_device: bool = False
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -119,9 +118,9 @@ def check_device(experiment: Experiment, device: Any) -> None:
     if not experiment.on_device:
         able = ", ".join(e.name for e in REGISTRY.values() if e.on_device)
         raise ValueError(
-            f"lab {experiment.name}: runs on the CPU only (its measurements read the network's "
-            f"activations as NumPy arrays), got device {device!r}; these experiments run on a device: "
-            f"{able}"
+            f"lab {experiment.name}: runs on the CPU only (it is not registered with on_device=True: "
+            f"its measurements may read NumPy arrays), got device {device!r}; these experiments run on "
+            f"a device: {able}"
         )
 
 

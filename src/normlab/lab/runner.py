@@ -90,7 +90,7 @@ def run_experiments(
     """Run the named experiments (or ``["all"]``) and write their artefacts and the report under
     ``out_dir``.  Returns what ran, with each experiment's result and wall time.
 
-    ``device`` is where the experiments that can (``Experiment.on_device``) train their models: ``"cpu"``,
+    ``device`` is where the experiments (registered with ``on_device``) train their models: ``"cpu"``,
     ``"cuda"``, ``"cuda:N"`` or an array library's device object.  ``progress`` receives the experiments'
     messages; ``on_start(name, i, total)`` is called as the ``i``-th (from 1) of ``total`` experiments
     starts, ``on_end(run, i, total)`` as it ends."""
@@ -100,10 +100,8 @@ def run_experiments(
     for name in names:  # every experiment must run on ``data`` and ``device`` before any starts
         check_data(REGISTRY[name], data)
         check_device(REGISTRY[name], device)
-    if isinstance(device, str):
-        nn.check_device(
-            device
-        )  # CUDA asked for where there is none: refused before any file is written
+    if isinstance(device, str):  # CUDA where there is none: refused before any file is written
+        nn.check_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

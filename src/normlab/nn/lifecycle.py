@@ -69,9 +69,8 @@ def recalibrate_batch_norm(model: Module, batches: Iterable[Any]) -> Module:
     if not layers:
         raise ValueError("recalibrate_batch_norm: the model has no layer with running statistics")
     saved_state = {k: copy_array(v) for k, v in model.state_dict().items()}
-    where = next(
-        (p.data for p in model.parameters()), None
-    )  # NumPy batches go to the model's device
+    # NumPy batches go to the model's device
+    where = next((p.data for p in model.parameters()), None)
     saved_modes = [(m, m.training) for m in model.modules()]
     saved_momentum = [(m, m.momentum) for m in layers]
     seen = 0
